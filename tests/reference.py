@@ -30,6 +30,9 @@ TOLERANCES = {
     "sampler": (5e-5, 1e-5),
     "fdg_to_mesh": (1e-6, 0.0),
     "mesh_to_fdg": (1e-5, 0.0),
+    "pipeline_latent": (2e-4, 1e-4),
+    "pipeline_vertices": (1e-5, 0.0),
+    "pipeline_attrs": (2e-4, 0.0),
 }
 BF16_REL_L2 = 1.5e-2
 
@@ -125,3 +128,26 @@ def assert_close_bf16(actual: torch.Tensor, expected: torch.Tensor, what: str) -
     assert_close(actual, expected, atol, 0.0, what)
     rel = float((actual.double() - expected.double()).norm() / expected.double().norm())
     assert rel <= BF16_REL_L2, f"{what}: relative L2 error {rel:.3g} exceeds {BF16_REL_L2:g}"
+
+
+def canonical_mesh(
+    voxel_coords: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixtures' mesh convention: vertices in sorted voxel order, faces remapped and row-sorted."""
+    from engine.sparse import sorted_order
+
+    coords = voxel_coords if voxel_coords.shape[1] == 4 else torch.nn.functional.pad(voxel_coords, (1, 0))
+    order = sorted_order(coords.int())
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    remapped = rank[faces.long()]
+    keys = remapped[:, 0] * (order.numel() ** 2) + remapped[:, 1] * order.numel() + remapped[:, 2]
+    return vertices[order], remapped[torch.argsort(keys)]
+
+
+def sort_sparse(coords: torch.Tensor, feats: torch.Tensor | None = None):
+    """Rows sorted by (batch, x, y, z), as the fixtures store sparse outputs."""
+    from engine.sparse import sorted_order
+
+    order = sorted_order(coords.int())
+    return (coords[order], None if feats is None else feats[order])

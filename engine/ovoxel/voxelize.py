@@ -1,0 +1,433 @@
+"""Triangle soup -> flexible dual grid geometry, as the official CPU converter computes it (spec 5.3).
+
+Four stages, each vectorised over all triangles (numpy; scatter-adds through torch):
+1. edge crossings: a scan line per axis finds every primal grid edge a triangle crosses; the crossing
+   creates the 4 voxels around that edge, flags the one whose upper-corner edge it is, and adds the
+   crossing point and the triangle's plane quadric to all four;
+2. face quadrics: every existing voxel whose box the triangle touches gets the plane quadric again;
+3. boundary quadrics: every existing voxel that an open edge passes through gets a line quadric;
+4. a regularised QEF solve per voxel, clamped to the voxel box by enumerating faces, edges, corners.
+
+The official scan uses double precision with C++ `int()` truncation and float32 grid lines; those are
+reproduced operation for operation because they decide which voxels exist. The quadrics and the solve
+run in float64 (the official accumulates and solves in float32; the difference is far below 1e-5).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+F32 = np.float32
+F64 = np.float64
+# Upper-triangle entries of a symmetric 4x4 quadric, in this fixed order.
+QUADRIC_ENTRIES = ((0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (3, 3))
+CHUNK = 1 << 21  # candidates per vectorised block (bounds peak memory)
+
+
+def _trunc_int(x: np.ndarray) -> np.ndarray:
+    """C++ int(double): truncation toward zero (saturated instead of undefined out of range)."""
+    return np.trunc(np.clip(x, -(2.0**31), 2.0**31 - 1)).astype(np.int64)
+
+
+def _lerp(a, b, t, va, vb):
+    """The official lerp: va where a == b, else (1 - alpha) va + alpha vb with alpha = (t - a)/(b - a)."""
+    same = a == b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = (t - a) / np.where(same, 1.0, b - a)
+    if va.ndim > alpha.ndim:
+        alpha, same = alpha[:, None], same[:, None]
+    return np.where(same, va, (1 - alpha) * va + alpha * vb)
+
+
+def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For counts per owner: (owner of each expanded item, index of the item within its owner)."""
+    owner = np.repeat(np.arange(counts.shape[0]), counts)
+    starts = np.cumsum(counts) - counts
+    local = np.arange(owner.shape[0]) - starts[owner]
+    return owner, local
+
+
+def dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Eigen's unrolled 3-term sum order: a0 b0 + (a1 b1 + a2 b2) (matters for bitwise float32 parity)."""
+    return a[:, 0] * b[:, 0] + (a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2])
+
+
+def triangle_planes(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 unit normals n = normalize((v1-v0) x (v2-v1)) [F, 3] and plane quadrics [F, 10] (float32)."""
+    e0 = tri[:, 1] - tri[:, 0]
+    e1 = tri[:, 2] - tri[:, 1]
+    n = np.stack(
+        [
+            e0[:, 1] * e1[:, 2] - e0[:, 2] * e1[:, 1],
+            e0[:, 2] * e1[:, 0] - e0[:, 0] * e1[:, 2],
+            e0[:, 0] * e1[:, 1] - e0[:, 1] * e1[:, 0],
+        ],
+        axis=1,
+    )
+    sq = dot3(n, n)
+    n = np.where(sq[:, None] > 0, n / np.sqrt(np.where(sq > 0, sq, F32(1)))[:, None], n).astype(F32)
+    v0 = tri[:, 0]
+    d = -dot3(n, v0)
+    plane = np.concatenate([n, d[:, None]], axis=1)  # [F, 4]
+    q = np.stack([plane[:, i] * plane[:, j] for i, j in QUADRIC_ENTRIES], axis=1)
+    return n, q
+
+
+# --- stage 1: edge crossings ------------------------------------------------------------------------
+
+
+def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int, int]):
+    """All (triangle, primal grid edge) crossings of the official scan line.
+
+    Returns per crossing: axis [C] (the edge's direction a2), base voxel [C, 3] (the voxel whose
+    upper-corner edge it is), point [C, 3] float32, triangle index [C].
+    """
+    out = []
+    for a2 in range(3):
+        a0, a1 = (a2 + 1) % 3, (a2 + 2) % 3
+        s0, s1, s2 = (F64(voxel_size[a]) for a in (a0, a1, a2))
+        p = tri[:, :, [a0, a1, a2]].astype(F64)  # [F, 3 corners, (x, y, z)]
+        order = np.argsort(p[:, :, 1], axis=1, kind="stable")  # std::sort on 3 items is stable
+        t = np.take_along_axis(p, order[:, :, None], axis=1)
+        ybin = np.clip(_trunc_int(t[:, :, 1] / s1), 0, res[a1] - 1)  # [F, 3]: start, mid, end
+        tri_of_row, local = _segments(ybin[:, 2] - ybin[:, 0])
+        y_idx = ybin[tri_of_row, 0] + local
+        first_half = y_idx < ybin[tri_of_row, 1]
+        tt = t[tri_of_row]
+        ta = np.where(first_half[:, None], tt[:, 0], tt[:, 2])
+        tb = tt[:, 1]
+        tc = np.where(first_half[:, None], tt[:, 2], tt[:, 0])
+        y = (F32(1) * (y_idx + 1).astype(F32) * F32(voxel_size[a1])).astype(F64)
+        t3 = _lerp(ta[:, 1], tb[:, 1], y, ta[:, [0, 2]], tb[:, [0, 2]])  # [R, (x, z)]
+        t4 = _lerp(ta[:, 1], tc[:, 1], y, ta[:, [0, 2]], tc[:, [0, 2]])
+        swap = t3[:, 0] > t4[:, 0]
+        t3, t4 = np.where(swap[:, None], t4, t3), np.where(swap[:, None], t3, t4)
+        ls = np.clip(_trunc_int(t3[:, 0] / s0), 0, res[a0] - 1)
+        le = np.clip(_trunc_int(t4[:, 0] / s0), 0, res[a0] - 1)
+        row_of_col, local = _segments(le - ls)
+        x_idx = ls[row_of_col] + local
+        x = ((x_idx + 1).astype(F32) * F32(voxel_size[a0])).astype(F64)
+        r3, r4 = t3[row_of_col], t4[row_of_col]
+        z = _lerp(r3[:, 0], r4[:, 0], x, r3[:, 1], r4[:, 1])
+        z_idx = _trunc_int(z / s2)
+        keep = (z_idx >= 0) & (z_idx < res[a2])
+        rows = row_of_col[keep]
+        base = np.empty((rows.shape[0], 3), dtype=np.int64)
+        base[:, a0], base[:, a1], base[:, a2] = x_idx[keep], y_idx[rows], z_idx[keep]
+        point = np.empty((rows.shape[0], 3), dtype=F32)
+        point[:, a0], point[:, a1], point[:, a2] = x[keep], y[rows], z[keep]
+        out.append((np.full(rows.shape[0], a2, dtype=np.int8), base, point, tri_of_row[rows]))
+    return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
+
+
+# --- stage 2: face quadrics -------------------------------------------------------------------------
+
+
+def _face_test_setup(tri: np.ndarray, n: np.ndarray, vs: np.ndarray) -> dict:
+    """Per-triangle float32 constants of the official conservative triangle/box overlap test."""
+    v0, v1, v2 = tri[:, 0], tri[:, 1], tri[:, 2]
+    e = (v1 - v0, v2 - v1, v0 - v2)
+    c = np.where(n > 0, vs[None, :], F32(0))
+    w1, w2 = c - v0, (vs[None, :] - c) - v0
+    setup = {
+        "n": n,
+        "d1": dot3(n, w1),
+        "d2": dot3(n, w2),
+    }
+    # (projection name, the two axes (a, b), the normal axis deciding the edge-normal sign)
+    for name, a, b, k in (("xy", 0, 1, 2), ("yz", 1, 2, 0), ("zx", 2, 0, 1)):
+        mul = np.where(n[:, k] < 0, F32(-1), F32(1))
+        for i, (ei, vi) in enumerate(zip(e, (v0, v1, v2), strict=True)):
+            na, nb = -mul * ei[:, b], mul * ei[:, a]
+            d = -(na * vi[:, a] + nb * vi[:, b]) + (np.maximum(na, F32(0)) * vs[a] + np.maximum(nb, F32(0)) * vs[b])
+            setup[f"{name}{i}"] = (a, b, na, nb, d)
+    return setup
+
+
+def _face_candidates(tri: np.ndarray, n: np.ndarray, vs: np.ndarray, res: tuple[int, int, int]):
+    """Superset of the voxels the official face test can accept, per triangle: the index bounding box
+    restricted, along the normal's dominant axis, to the slab the plane can touch (one voxel of slack)."""
+    lo_f = np.minimum(np.minimum(tri[:, 0], tri[:, 1]), tri[:, 2]) / vs
+    hi_f = np.maximum(np.maximum(tri[:, 0], tri[:, 1]), tri[:, 2]) / vs
+    lo = np.maximum(_trunc_int(lo_f), 0)
+    hi = np.minimum(_trunc_int(hi_f + F32(1)), np.asarray(res))  # exclusive
+    ext = np.maximum(hi - lo, 0)  # [F, 3]
+    w_axis = np.argmax(np.abs(n), axis=1)
+    u_axis, v_axis = (w_axis + 1) % 3, (w_axis + 2) % 3
+    ar = np.arange(tri.shape[0])
+    nu, nv = ext[ar, u_axis], ext[ar, v_axis]
+    tri_of_col, local = _segments(nu * nv)
+    u = lo[tri_of_col, u_axis[tri_of_col]] + local // nv[tri_of_col]
+    v = lo[tri_of_col, v_axis[tri_of_col]] + local % nv[tri_of_col]
+    wa, ua, va = w_axis[tri_of_col], u_axis[tri_of_col], v_axis[tri_of_col]
+    n64 = n.astype(F64)[tri_of_col]
+    vs64 = vs.astype(F64)
+    nw, nuu, nvv = n64[np.arange(wa.shape[0]), wa], n64[np.arange(wa.shape[0]), ua], n64[np.arange(wa.shape[0]), va]
+    offset = (n64 * tri[tri_of_col, 0].astype(F64)).sum(1) - nuu * u * vs64[ua] - nvv * v * vs64[va]
+    reach = np.abs(nuu) * vs64[ua] + np.abs(nvv) * vs64[va] + np.abs(nw) * vs64[wa]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        centre = offset / (nw * vs64[wa])
+        half = reach / np.abs(nw * vs64[wa])
+    w_lo = np.where(np.isfinite(centre), np.floor(centre - half) - 1, -np.inf)
+    w_hi = np.where(np.isfinite(centre), np.floor(centre + half) + 1, np.inf)
+    lo_w = np.maximum(lo[tri_of_col, wa], np.clip(w_lo, -1, 2**31).astype(np.int64))
+    hi_w = np.minimum(hi[tri_of_col, wa], np.clip(w_hi + 1, -1, 2**31).astype(np.int64))
+    col_of_cand, local = _segments(np.maximum(hi_w - lo_w, 0))
+    xyz = np.empty((col_of_cand.shape[0], 3), dtype=np.int64)
+    rows = np.arange(col_of_cand.shape[0])
+    xyz[rows, wa[col_of_cand]] = lo_w[col_of_cand] + local
+    xyz[rows, ua[col_of_cand]] = u[col_of_cand]
+    xyz[rows, va[col_of_cand]] = v[col_of_cand]
+    return tri_of_col[col_of_cand], xyz
+
+
+def _face_test(setup: dict, t: np.ndarray, xyz: np.ndarray, vs: np.ndarray) -> np.ndarray:
+    """The official overlap test for candidate (triangle t, voxel xyz), in float32 like the C++."""
+    p = xyz.astype(F32) * vs[None, :]
+    n = setup["n"][t]
+    ndp = dot3(n, p)
+    ok = (ndp + setup["d1"][t]) * (ndp + setup["d2"][t]) <= 0
+    for name in ("xy", "yz", "zx"):
+        for i in range(3):
+            a, b, na, nb, d = setup[f"{name}{i}"]
+            ok &= ~((na[t] * p[:, a] + nb[t] * p[:, b]) + d[t] < 0)
+    return ok
+
+
+# --- stage 3: boundary quadrics ---------------------------------------------------------------------
+
+
+def boundary_edges(faces: np.ndarray) -> np.ndarray:
+    """[B, 2] vertex-index edges used by exactly one face (undirected), sorted like std::map keys."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
+    e.sort(axis=1)
+    key = e[:, 0] * (int(faces.max()) + 1) + e[:, 1]
+    uniq, idx, counts = np.unique(key, return_index=True, return_counts=True)
+    return e[idx[counts == 1]]
+
+
+def _line_quadrics(v0: np.ndarray, v1: np.ndarray, weight: float):
+    """Per segment: kept mask, float64 unit direction, length and the float32 line quadric x weight [B, 10]."""
+    d = (v1 - v0).astype(F64)  # float32 difference, widened
+    length = np.sqrt((d * d).sum(1))
+    keep = length >= 1e-6
+    d, length, v0 = d[keep], length[keep], v0[keep]
+    d = d / length[:, None]
+    a = (np.eye(3, dtype=F32)[None] - (d[:, :, None] * d[:, None, :]).astype(F32)).astype(F32)  # [B, 3, 3]
+    b = -((a[:, :, 0] * v0[:, None, 0] + a[:, :, 1] * v0[:, None, 1]) + a[:, :, 2] * v0[:, None, 2])
+    row = (v0[:, 0, None] * a[:, 0] + v0[:, 1, None] * a[:, 1]) + v0[:, 2, None] * a[:, 2]  # v0^T A
+    c = (row[:, 0] * v0[:, 0] + row[:, 1] * v0[:, 1]) + row[:, 2] * v0[:, 2]
+    q = np.zeros((d.shape[0], 4, 4), dtype=F32)
+    q[:, :3, :3], q[:, :3, 3], q[:, 3, :3], q[:, 3, 3] = a, b, b, c
+    q = F32(weight) * np.stack([q[:, i, j] for i, j in QUADRIC_ENTRIES], axis=1)
+    return keep, d, length, q
+
+
+def dda_voxels(v0: np.ndarray, d: np.ndarray, length: np.ndarray, vs: np.ndarray):
+    """Voxels visited by the official 3-D DDA of each segment: (segment index [K], voxel [K, 3])."""
+    cur = np.floor(v0 / vs[None, :]).astype(np.int64)
+    step = np.where(d > 0, 1, -1)
+    with np.errstate(divide="ignore"):
+        border = (vs[None, :] * (cur + (step > 0)).astype(F32)).astype(F32)
+        t_max = np.where(d == 0, np.inf, (border - v0).astype(F64) / d)
+        t_delta = np.where(d == 0, np.inf, vs.astype(F64)[None, :] / np.abs(d))
+    segs, cells = [np.arange(v0.shape[0])], [cur.copy()]
+    active = np.arange(v0.shape[0])
+    while active.size:
+        tm = t_max[active]
+        x_lt_y = tm[:, 0] < tm[:, 1]
+        axis = np.where(x_lt_y, np.where(tm[:, 0] < tm[:, 2], 0, 2), np.where(tm[:, 1] < tm[:, 2], 1, 2))
+        go = tm[np.arange(active.size), axis] <= length[active]
+        active, axis = active[go], axis[go]
+        cur[active, axis] += step[active, axis]
+        t_max[active, axis] += t_delta[active, axis]
+        segs.append(active)
+        cells.append(cur[active])
+    return np.concatenate(segs), np.concatenate(cells)
+
+
+# --- stage 4: the QEF solve -------------------------------------------------------------------------
+
+
+def _full_quadric(q10: np.ndarray) -> np.ndarray:
+    q = np.empty((q10.shape[0], 4, 4), dtype=F64)
+    for k, (i, j) in enumerate(QUADRIC_ENTRIES):
+        q[:, i, j] = q10[:, k]
+        q[:, j, i] = q10[:, k]
+    return q
+
+
+def _energy(q: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """[x; 1]^T Q [x; 1] for points p [M, 3]."""
+    h = np.concatenate([p, np.ones((p.shape[0], 1))], axis=1)
+    return np.einsum("mi,mij,mj->m", h, q, h)
+
+
+def solve_dual_vertices(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Minimise the quadric per voxel inside its box [lo, hi] (inclusive), the official way: the free
+    minimiser if it is inside, else the best of the 6 face, 12 edge and 8 corner candidates."""
+    x = np.linalg.solve(q[:, :3, :3], -q[:, :3, 3:4])[:, :, 0]
+    inside = ((x >= lo) & (x <= hi)).all(axis=1)
+    out = np.where(inside[:, None], x, 0.0)
+    idx = np.flatnonzero(~inside)
+    if idx.size == 0:
+        return out
+    q, lo, hi = q[idx], lo[idx], hi[idx]
+    m = idx.size
+    best = np.full(m, np.inf)
+    best_p = np.zeros((m, 3))
+    ar = np.arange(m)
+
+    def consider(p, valid):
+        err = _energy(q, p)
+        better = valid & (err < best)
+        best[better] = err[better]
+        best_p[better] = p[better]
+
+    for fixed in range(3):  # one coordinate on a face
+        a1, a2 = (fixed + 1) % 3, (fixed + 2) % 3
+        sub = q[:, [a1, a2]][:, :, [a1, a2]]  # [m, 2, 2]
+        for bound in (lo, hi):
+            rhs = -(q[:, [a1, a2], fixed] * bound[:, fixed, None] + q[:, [a1, a2], 3])
+            y = np.linalg.solve(sub, rhs[:, :, None])[:, :, 0]
+            p = np.empty((m, 3))
+            p[:, fixed], p[:, a1], p[:, a2] = bound[:, fixed], y[:, 0], y[:, 1]
+            ok = (y[:, 0] >= lo[:, a1]) & (y[:, 0] <= hi[:, a1]) & (y[:, 1] >= lo[:, a2]) & (y[:, 1] <= hi[:, a2])
+            consider(p, ok)
+    for free in range(3):  # two coordinates on an edge
+        a1, a2 = (free + 1) % 3, (free + 2) % 3
+        for b1, b2 in ((lo, lo), (lo, hi), (hi, lo), (hi, hi)):
+            num = q[:, free, a1] * b1[:, a1] + q[:, free, a2] * b2[:, a2] + q[:, free, 3]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = -num / q[:, free, free]
+            p = np.empty((m, 3))
+            p[:, free], p[:, a1], p[:, a2] = t, b1[:, a1], b2[:, a2]
+            consider(p, (t >= lo[:, free]) & (t <= hi[:, free]))
+    for cx in (hi, lo):  # corners, in the official order (max first)
+        for cy in (hi, lo):
+            for cz in (hi, lo):
+                consider(np.stack([cx[ar, 0], cy[ar, 1], cz[ar, 2]], axis=1), np.ones(m, dtype=bool))
+    out[idx] = best_p
+    return out
+
+
+# --- the converter ----------------------------------------------------------------------------------
+
+
+def sequential_sums(index: np.ndarray, n: int, values, ncols: int) -> np.ndarray:
+    """float32 [n, ncols]: for each target row, the values of its contributions added one at a time in
+    the order they appear in `index` (the official accumulates float32 sums in discovery order, and the
+    solve is sensitive to their rounding). `values(ids)` returns the float32 rows of contributions ids."""
+    acc = np.zeros((n, ncols), dtype=F32)
+    if index.size == 0:
+        return acc
+    order = torch.sort(torch.from_numpy(index), stable=True).indices.numpy()  # grouped by row, order kept
+    counts = np.bincount(index, minlength=n)
+    start = np.cumsum(counts) - counts
+    by_count = np.argsort(-counts, kind="stable")  # rows with the most contributions first
+    alive = np.searchsorted(-counts[by_count], -np.arange(counts.max()), side="left")  # rows with count > k
+    for k in range(int(counts.max())):
+        rows = by_count[: alive[k]]
+        acc[rows] += values(order[start[rows] + k])
+    return acc
+
+
+def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    pos = np.searchsorted(sorted_keys, keys)
+    pos_c = np.minimum(pos, sorted_keys.shape[0] - 1)
+    return np.where(sorted_keys[pos_c] == keys, pos_c, -1)
+
+
+def mesh_to_flexible_dual_grid(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    grid_size: int,
+    aabb=((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5)),
+    face_weight: float = 1.0,
+    boundary_weight: float = 0.2,
+    regularization_weight: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxelise a triangle soup (inputs assumed valid; `engine.ovoxel.from_mesh` checks them).
+
+    Returns coords int32 [N, 3] sorted by (x, y, z), dual vertices float32 [N, 3] in the box frame
+    shifted to its min corner (world - aabb_min, like the official), flags bool [N, 3].
+    """
+    box = np.asarray(aabb, dtype=F32).reshape(2, 3)
+    res = (int(grid_size),) * 3
+    vs = ((box[1] - box[0]) / np.asarray(res, dtype=np.int32)).astype(F32)
+    verts = (np.asarray(vertices, dtype=F32) - box[0]).astype(F32)
+    faces = np.asarray(faces, dtype=np.int64)
+    tri = verts[faces]  # [F, 3, 3]
+    normals, plane_q = triangle_planes(tri)
+    stride = np.array([res[1] * res[2], res[2], 1], dtype=np.int64)
+
+    # 1. crossings, in the official discovery order (triangle, axis, row, column) -> voxels and flags
+    axis, base, point, tri_id = edge_crossings(tri, vs, res)
+    order = np.argsort(tri_id, kind="stable")
+    axis, base, point, tri_id = axis[order], base[order], point[order], tri_id[order]
+    a0, a1 = (axis + 1) % 3, (axis + 2) % 3
+    base_key = base @ stride
+    corner_keys = np.stack(
+        [base_key + dx * stride[a0] + dy * stride[a1] for dx, dy in ((0, 0), (0, 1), (1, 0), (1, 1))], axis=1
+    )  # [C, 4] in the official (dx, dy) loop order
+    keys = np.unique(corner_keys)
+    n_vox = keys.shape[0]
+    coords = np.stack([keys // stride[0], (keys // stride[1]) % res[1], keys % res[2]], axis=1)
+    cross_vox = np.searchsorted(keys, corner_keys).reshape(-1)  # [4C]
+    flags = np.zeros((n_vox, 3), dtype=bool)
+    flags[cross_vox[0::4], axis] = True
+    sums = sequential_sums(cross_vox, n_vox, lambda ids: point[ids // 4], 3)
+    count = np.bincount(cross_vox, minlength=n_vox).astype(F32)
+
+    # 2. face quadrics: existing voxels each triangle touches (triangle order)
+    face_vox, face_src = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    if face_weight > 0 and faces.shape[0]:
+        useful = np.flatnonzero(np.abs(plane_q).sum(1) > 0)  # a zero quadric adds nothing
+        setup = _face_test_setup(tri, normals, vs)
+        ext = np.ptp(tri[useful], axis=1) / vs + 2
+        cum = np.cumsum(np.prod(ext, axis=1) / np.max(ext, axis=1) * 4)  # rough candidates per triangle
+        for part in np.split(useful, np.searchsorted(cum, np.arange(CHUNK, cum[-1] if cum.size else 0, CHUNK))):
+            if part.size == 0:
+                continue
+            t_local, xyz = _face_candidates(tri[part], normals[part], vs, res)
+            t = part[t_local]
+            ok = _face_test(setup, t, xyz, vs)
+            rows = _lookup(keys, xyz[ok] @ stride)
+            hit = rows >= 0
+            face_vox.append(rows[hit])
+            face_src.append(t[ok][hit])
+
+    # 3. boundary quadrics: existing voxels each open edge passes through (edge order)
+    line_q = np.zeros((0, 10), dtype=F32)
+    line_vox, line_src = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if boundary_weight > 0 and faces.shape[0]:
+        edges = boundary_edges(faces)
+        keep, d, length, line_q = _line_quadrics(verts[edges[:, 0]], verts[edges[:, 1]], boundary_weight)
+        seg, cell = dda_voxels(verts[edges[keep, 0]], d, length, vs)
+        inside = ((cell >= 0) & (cell < np.asarray(res))).all(axis=1)
+        seg, cell = seg[inside], cell[inside]
+        order = np.argsort(seg, kind="stable")
+        rows = _lookup(keys, cell[order] @ stride)
+        hit = rows >= 0
+        line_vox, line_src = rows[hit], seg[order][hit] + plane_q.shape[0]
+
+    table = np.concatenate([plane_q, line_q])
+    index = np.concatenate([cross_vox, *face_vox, line_vox])
+    src = np.concatenate([np.repeat(tri_id, 4), *face_src, line_src])
+    quadric = sequential_sums(index, n_vox, lambda ids: table[src[ids]], 10)
+
+    # 4. regularised solve
+    q = _full_quadric(quadric).astype(F32)
+    if regularization_weight > 0:
+        mean = sums / count[:, None]
+        w = F32(regularization_weight) * count
+        for i in range(3):
+            q[:, i, i] += w
+            q[:, i, 3] += w * -mean[:, i]
+            q[:, 3, i] += w * -mean[:, i]
+        q[:, 3, 3] += w * dot3(mean, mean)
+    lo = (coords.astype(F32) * vs).astype(F64)
+    hi = ((coords + 1).astype(F32) * vs).astype(F64)
+    dual = solve_dual_vertices(q.astype(F64), lo, hi).astype(F32)
+    return coords.astype(np.int32), dual, flags
