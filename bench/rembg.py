@@ -64,11 +64,28 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def breakdown(model: BiRefNet, batch: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Seconds of one more network pass, split where the work is: two backbone runs, then the decoder."""
+    parts = {}
+    parts["backbone at 1024"], _ = timed(lambda: model.bb(batch), device)
+    parts["backbone at 512"], _ = timed(lambda: model.bb(resize(batch, (512, 512))), device)
+    x1, x2, x3, x4 = model.encode(batch)
+
+    def squeeze_and_decode() -> torch.Tensor:
+        size = x4.shape[-2:]
+        context = torch.cat((resize(x1, size), resize(x2, size), resize(x3, size), x4), dim=1)
+        return model.decoder(batch, x1, x2, x3, model.squeeze_module(context))
+
+    parts["squeeze + decoder"], _ = timed(squeeze_and_decode, device)
+    return parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--fp32", action="store_true", help="fp32 on CUDA too (default there: fp16)")
+    parser.add_argument("--breakdown", action="store_true", help="one more pass, timed per part of the network")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.float32 if args.fp32 else default_dtype(device)
@@ -80,22 +97,13 @@ def main() -> None:
     batch = torch.randn(1, 3, 1024, 1024, device=device, dtype=dtype)
 
     with torch.inference_mode():
-        totals = []
+        totals, cpu = [], []
         for _ in range(args.runs):
+            cpu_start = time.process_time()
             seconds, matte = timed(lambda: remover.remove(image), device)
             totals.append(seconds)
-        # Where the network spends it (one more pass, split in three).
-        parts = {}
-        parts["backbone at 1024"], _ = timed(lambda: model.bb(batch), device)
-        parts["backbone at 512"], _ = timed(lambda: model.bb(resize(batch, (512, 512))), device)
-        x1, x2, x3, x4 = model.encode(batch)
-
-        def squeeze_and_decode() -> torch.Tensor:
-            size = x4.shape[-2:]
-            context = torch.cat((resize(x1, size), resize(x2, size), resize(x3, size), x4), dim=1)
-            return model.decoder(batch, x1, x2, x3, model.squeeze_module(context))
-
-        parts["squeeze + decoder"], _ = timed(squeeze_and_decode, device)
+            cpu.append(time.process_time() - cpu_start)
+        parts = breakdown(model, batch, device) if args.breakdown else {}
 
     total = statistics.median(totals)
     if device.type == "cuda":
@@ -107,6 +115,7 @@ def main() -> None:
     print(f"BiRefNet (Swin-L, 220.2 M params) on {device} {str(dtype).removeprefix('torch.')}, 1024x1024 image")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, matte {matte.mode} {matte.size}")
     print(f"{'remove(image)':<22}{total:8.2f} s  median of {len(totals)}: {', '.join(f'{t:.2f}' for t in totals)}")
+    print(f"{'  process CPU time':<22}{statistics.median(cpu):8.2f} s  (all threads; wall far above this: busy CPU)")
     for key, seconds in parts.items():
         print(f"  {key:<20}{seconds:8.2f} s  ({seconds / total:5.1%} of the median, one pass)")
     print(f"{peak_what:<22}{peak:8.2f} GiB")

@@ -119,9 +119,132 @@ def _run_download(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- generate
+
+
+class StageBar:
+    """`on_progress(stage, step, total)` as a one-line text bar per stage."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self.stage: str | None = None
+        self.started = time.monotonic()
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        if stage != self.stage:
+            if self.stage is not None:
+                self.stream.write("\n")
+            self.stage, self.started = stage, time.monotonic()
+        done = int(self.width * step / max(total, 1))
+        elapsed = time.monotonic() - self.started
+        self.stream.write(f"\r{stage:<17} [{'#' * done:<{self.width}}] {step}/{total}  {elapsed:6.1f} s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stage is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _add_generate(subparsers) -> None:
+    from engine.hub import DEFAULT_REPO
+    from engine.multiview import MULTI_IMAGE_MODES
+
+    p = subparsers.add_parser(
+        "generate",
+        help="image(s) of one object -> a 3D asset (.npz with mesh + PBR voxels, or a textured .glb)",
+        description="Run the TRELLIS.2 pipeline on one or more views of one object. Images with transparency "
+        "use their alpha; others need --remove-background.",
+    )
+    p.add_argument("images", nargs="+", help="image files (PNG with alpha recommended)")
+    p.add_argument("--model", default=DEFAULT_REPO, help=f"repo id or local folder (default {DEFAULT_REPO})")
+    p.add_argument("--resolution", type=int, choices=(512, 1024, 1536), default=1024)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("-o", "--output", type=Path, required=True, help="OUT.npz (raw asset) or OUT.glb (finished)")
+    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
+    p.add_argument("--memory", choices=("low_vram", "fast"), default="low_vram")
+    p.add_argument("--multi-image-mode", choices=MULTI_IMAGE_MODES, default="stochastic")
+    p.add_argument("--face-budget", type=int, default=200_000, help="faces of the .glb mesh")
+    p.add_argument("--texture-size", type=int, default=2048, help="edge of the .glb texture maps")
+    p.add_argument(
+        "--remove-background",
+        nargs="?",
+        const="ZhengPeng7/BiRefNet",
+        metavar="REPO_OR_DIR",
+        help="cut images without transparency out with BiRefNet (default weights ZhengPeng7/BiRefNet, MIT; "
+        "briaai/RMBG-2.0 is gated and non-commercial)",
+    )
+    p.add_argument("--cache-dir", type=Path, help="Hugging Face cache folder")
+    p.add_argument("--token-file", help="file holding a Hugging Face read token")
+    p.add_argument("--offline", action="store_true", help="use downloaded weights only")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from engine.hub import HubOptions
+    from engine.pipeline import GenerationSettings, Trellis2Pipeline
+    from engine.runtime import Runtime
+
+    suffix = args.output.suffix.lower()
+    if suffix not in (".npz", ".glb"):
+        raise EngineError(f"the output must end in .npz or .glb, got {args.output.name!r}")
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise EngineError(f"image not found: {', '.join(missing)}")
+    options = HubOptions(cache_dir=args.cache_dir, token=_read_token(args.token_file), offline=args.offline)
+    settings = GenerationSettings.for_resolution(
+        args.resolution, seed=args.seed, multi_image_mode=args.multi_image_mode
+    )
+    runtime = Runtime.auto(args.device)
+    remover = None
+    if args.remove_background:
+        from engine.background.remover import BiRefNetRemover
+
+        remover = BiRefNetRemover.from_pretrained(
+            args.remove_background,
+            device=runtime.device,
+            token=options.token,
+            local_files_only=args.offline,
+            cache_dir=args.cache_dir,
+        )
+    download_bar = ProgressBar(err)
+    try:
+        pipe = Trellis2Pipeline.from_pretrained(
+            args.model,
+            runtime=runtime,
+            pipeline_type=settings.pipeline_type,
+            memory=args.memory,
+            options=options,
+            on_download=download_bar,
+            remover=remover,
+        )
+    finally:
+        download_bar.close()
+    bar = StageBar(err)
+    try:
+        generation = pipe.run(args.images, settings, on_progress=bar)
+    finally:
+        bar.close()
+    asset = generation.asset
+    if suffix == ".npz":
+        asset.save(args.output)
+    else:
+        from engine.finish.asset import finish
+        from engine.finish.gltf import write_glb
+
+        finished = finish(
+            asset.vertices, asset.faces, asset, face_budget=args.face_budget, texture_size=args.texture_size
+        )
+        write_glb(finished, args.output)
+    out.write(
+        f"wrote {args.output}: {len(asset.faces):,} faces, {len(asset.coords):,} voxels at {asset.resolution}^3\n"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- entry
 
-SUBCOMMANDS: tuple[Callable, ...] = (_add_download,)
+SUBCOMMANDS: tuple[Callable, ...] = (_add_download, _add_generate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from engine.errors import EngineInputError, WeightsError
+from engine.sampling import SamplerParams
 
 PIPELINE_TYPES = ("512", "1024", "1024_cascade", "1536_cascade")
 DEFAULT_PIPELINE_TYPE = "1024_cascade"
@@ -65,55 +66,10 @@ def check_pipeline_type(pipeline_type: str) -> str:
 
 
 @dataclass(frozen=True)
-class SamplerParams:
-    """Per-stage sampler settings; the defaults are the official sampler's own (spec 4), used for absent keys."""
-
-    steps: int = 50
-    rescale_t: float = 1.0
-    guidance_strength: float = 3.0
-    guidance_rescale: float = 0.0
-    guidance_interval: tuple[float, float] = (0.0, 1.0)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            raise EngineInputError(f"sampler steps must be a positive integer, got {self.steps!r}")
-        interval = tuple(float(v) for v in self.guidance_interval)
-        if len(interval) != 2 or not interval[0] <= interval[1]:
-            raise EngineInputError(
-                f"guidance_interval must be [low, high] with low <= high, got {self.guidance_interval!r}"
-            )
-        for name in ("rescale_t", "guidance_strength", "guidance_rescale"):
-            value = float(getattr(self, name))
-            if not math.isfinite(value):
-                raise EngineInputError(f"sampler {name} must be a finite number, got {value!r}")
-            object.__setattr__(self, name, value)
-        if self.rescale_t <= 0:
-            raise EngineInputError(f"rescale_t must be positive, got {self.rescale_t}")
-        object.__setattr__(self, "guidance_interval", interval)
-
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any], where: str = "sampler params") -> SamplerParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise EngineInputError(f"{where}: unknown sampler settings {unknown}; known: {sorted(known)}")
-        return cls(**dict(params))
-
-    def merged(self, overrides: Mapping[str, Any] | None) -> SamplerParams:
-        """The official `{**pipeline_json_params, **run_overrides}` merge, validated."""
-        if not overrides:
-            return self
-        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
-        if unknown:
-            raise EngineInputError(f"unknown sampler settings {unknown}")
-        return replace(self, **dict(overrides))
-
-
-@dataclass(frozen=True)
 class SamplerConfig:
     name: str  # "FlowEulerGuidanceIntervalSampler"
     args: Mapping[str, Any]  # constructor args: {"sigma_min": 1e-5}
-    params: SamplerParams
+    params: SamplerParams  # sigma_min from args, the rest from params
 
 
 @dataclass(frozen=True)
@@ -227,7 +183,7 @@ def _sampler(data: Any, where: str) -> SamplerConfig:
     return SamplerConfig(
         name=str(data["name"]),
         args=MappingProxyType(dict(data.get("args", {}))),
-        params=SamplerParams.from_dict(params, where),
+        params=SamplerParams.from_official(data),
     )
 
 

@@ -63,7 +63,7 @@ def gated_message(repo_id: str, token_given: bool) -> str:
     who = (
         "The Hugging Face token in use has not been granted access to it yet"
         if token_given
-        else "No Hugging Face token was given"
+        else "No token was passed, and no stored Hugging Face login has access"
     )
     return (
         f"{repo_id} is a gated model: its licence must be accepted before it can be downloaded. {who}.\n"
@@ -146,7 +146,8 @@ class HfDownloader:
                 cache_dir=self.options.cache_dir,
                 token=self.options.token,
                 local_files_only=self.offline,
-                **({"tqdm_class": _byte_bar_class(on_bytes)} if on_bytes and _has_tqdm_class() else {}),
+                # Always our bar: huggingface_hub's own would print to the terminal.
+                **({"tqdm_class": _byte_bar_class(on_bytes or _ignore)} if _has_tqdm_class() else {}),
             )
         except Exception as exc:
             self._reraise(exc, repo_id, filename)
@@ -226,6 +227,10 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         except (ImportError, AttributeError):
             continue
     return tuple(found)
+
+
+def _ignore(_n: int) -> None:
+    pass
 
 
 @functools.cache

@@ -20,6 +20,8 @@ from torch import nn
 from engine.errors import EngineError, WeightsError
 from engine.models import build_model
 from engine.runtime import Runtime
+from engine.sparse.attention import set_attention_backend
+from engine.sparse.conv import set_sparse_conv_backend
 from engine.weights import load_state_dict_strict, read_safetensors
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,8 @@ def load_checkpoint(stem: Path, runtime: Runtime, device: torch.device | str) ->
 
 def apply_runtime(model: nn.Module, runtime: Runtime) -> None:
     """Hand the runtime's kernel choices to every module that has one."""
-    for module in model.modules():
-        if hasattr(module, "sparse_conv_backend"):
-            module.sparse_conv_backend = runtime.sparse_conv
-        if hasattr(module, "attention_backend"):
-            module.attention_backend = runtime.attention
+    set_sparse_conv_backend(model, runtime.sparse_conv)
+    set_attention_backend(model, runtime.attention)
 
 
 class ModelStore:
@@ -77,6 +76,13 @@ class ModelStore:
         self.memory = memory
         self._models: dict[str, nn.Module] = {}
         self.load_counts: dict[str, int] = {}
+
+    @classmethod
+    def from_models(cls, models: Mapping[str, nn.Module], runtime: Runtime, memory: str = "fast") -> ModelStore:
+        """A store over models already built (benchmarks, custom setups); nothing is loaded from disk."""
+        store = cls({}, runtime, memory)
+        store._models.update(models)
+        return store
 
     @property
     def _home(self) -> torch.device:

@@ -29,7 +29,7 @@ from engine.model_store import ModelStore
 from engine.multiview import MULTI_IMAGE_MODES, MultiViewModel
 from engine.results import Asset, Conditioning, Generation, ShapeLatent, SparseStructure, TextureLatent
 from engine.runtime import Runtime
-from engine.sampling import SamplerParams, sample_euler
+from engine.sampling import sample_euler
 from engine.sparse import SparseTensor
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class Trellis2Pipeline:
         if trace is not None:
             hooks.record(f"{trace}.noise.coords", noise.coords)
             hooks.record(f"{trace}.noise.feats", noise.feats)
-        params = _sampler_params(sampler, overrides)
+        params = sampler.params.merged(overrides)
         device = self.runtime.device
         with self.models.use(key) as model:
             wrapped = MultiViewModel(model, hooks.mode)
@@ -425,13 +425,6 @@ class _Hooks:
     def report(self, stage: str, step: int, total: int) -> None:
         if self.on_progress is not None:
             self.on_progress(stage, step, total)
-
-
-def _sampler_params(sampler: cfg.SamplerConfig, overrides: Mapping[str, Any]) -> SamplerParams:
-    merged = sampler.params.merged(overrides)
-    spec = {"name": sampler.name, "args": dict(sampler.args), "params": {}}
-    fields = ("steps", "rescale_t", "guidance_strength", "guidance_rescale", "guidance_interval")
-    return SamplerParams.from_official(spec, **{f: getattr(merged, f) for f in fields})
 
 
 def _normalization(norm: cfg.LatentNormalization) -> stages.Normalization:

@@ -7,6 +7,7 @@ lifetime of a Blender session and handed to a later run on any device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,6 +74,42 @@ class Asset:
 
     def attribute(self, name: str) -> np.ndarray:
         return self.attrs[:, self.layout[name]]
+
+    def save(self, path: str | Path) -> Path:
+        """Write an `.npz` (to a temporary file first, so a crash never leaves half a file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".partial")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                vertices=self.vertices,
+                faces=self.faces,
+                coords=self.coords,
+                attrs=self.attrs,
+                resolution=np.int64(self.resolution),
+                voxel_size=np.float64(self.voxel_size),
+                origin=np.asarray(self.origin, dtype=np.float64),
+                layout=np.asarray(list(self.layout)),
+            )
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Asset:
+        with np.load(Path(path), allow_pickle=False) as data:
+            names = [str(n) for n in data["layout"]]
+            widths = [ATTRIBUTE_LAYOUT[n].stop - ATTRIBUTE_LAYOUT[n].start for n in names]
+            starts = np.cumsum([0, *widths])
+            return cls(
+                vertices=data["vertices"],
+                faces=data["faces"],
+                coords=data["coords"],
+                attrs=data["attrs"],
+                resolution=int(data["resolution"]),
+                voxel_size=float(data["voxel_size"]),
+                origin=tuple(float(v) for v in data["origin"]),
+                layout={n: slice(int(a), int(b)) for n, a, b in zip(names, starts[:-1], starts[1:], strict=True)},
+            )
 
 
 @dataclass

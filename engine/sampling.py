@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,16 @@ class SamplerParams:
         if name == "FlowEulerCfgSampler":
             params["guidance_interval"] = (0.0, 1.0)
         return cls(sigma_min=spec.get("args", {}).get("sigma_min", 1e-5), **params)
+
+    def merged(self, overrides: dict[str, Any] | None) -> SamplerParams:
+        """The official `{**pipeline_json_params, **run_overrides}` merge, validated."""
+        if not overrides:
+            return self
+        known = set(self.__dataclass_fields__) - {"sigma_min"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise EngineInputError(f"unknown sampler settings {unknown}; known ones: {sorted(known)}")
+        return replace(self, **dict(overrides))
 
 
 @dataclass

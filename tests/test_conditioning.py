@@ -186,10 +186,10 @@ def test_sixteen_bit_pngs():
     grey = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
     image = load_image(png_16bit(grey, color_type=0))
     assert image.mode.startswith("I")
-    out = np.asarray(preprocess_image(image, StubRemover(1.0)))  # matte = whole frame: box (0.5 .. 62.5) -> 62 px
-    assert out.shape == (62, 62, 3)
+    out = np.asarray(preprocess_image(image, StubRemover(0.5)))  # matte rows/cols 16..47: box (16.5 .. 46.5) -> 30 px
+    assert out.shape == (30, 30, 3)
     for channel in range(3):
-        np.testing.assert_array_equal(out[:, :, channel], (grey >> 8)[:62, :62])  # the high byte
+        np.testing.assert_array_equal(out[:, :, channel], (grey >> 8)[16:46, 16:46])  # the high byte
 
     colour = np.zeros((32, 32, 4), np.uint16)
     colour[8:24, 8:24] = (65535, 32896, 0, 65535)  # opaque square in a transparent frame: own alpha, no remover

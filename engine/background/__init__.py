@@ -82,10 +82,12 @@ def ensure_alpha(image: Image.Image, remover: BackgroundRemover | None) -> Image
             "so the object is cut out automatically."
         )
     rgb = image.convert("RGB")
+    name = getattr(remover, "name", type(remover).__name__)
     matte = remover.remove(rgb)
-    if matte.mode != "L" or matte.size != rgb.size:
-        raise EngineError(f"{remover.name} returned a {matte.mode} matte of size {matte.size}, not 'L' of {rgb.size}")
-    check_matte(matte, remover.name)
+    if not isinstance(matte, Image.Image) or matte.mode != "L" or matte.size != rgb.size:
+        got = f"a {matte.mode} matte of size {matte.size}" if isinstance(matte, Image.Image) else type(matte).__name__
+        raise EngineError(f"{name} returned {got}, not an 'L' matte of {rgb.size}")
+    check_matte(matte, name)
     return apply_matte(rgb, matte)
 
 

@@ -51,7 +51,7 @@ def image_tiles(image: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """
     b, c, h, w = image.shape
     gh, gw = h // size[0], w // size[1]
-    tiles = image.view(b, c, gh, h // gh, gw, w // gw).permute(0, 1, 2, 4, 3, 5)  # [B, C, gh, gw, h/gh, w/gw]
+    tiles = image.reshape(b, c, gh, h // gh, gw, w // gw).permute(0, 1, 2, 4, 3, 5)  # [B, C, gh, gw, h/gh, w/gw]
     return resize(tiles.reshape(b, c * gh * gw, h // gh, w // gw), size)
 
 
@@ -169,7 +169,9 @@ class Decoder(nn.Module):
         attn = self.get_submodule(f"gdt_convs_attn_{level}")(self.get_submodule(f"gdt_convs_{level}")(p))
         return p * torch.sigmoid(attn)  # [B, C, h, w] * [B, 1, h, w]
 
-    def forward(self, image: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, x4: torch.Tensor):
+    def forward(
+        self, image: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, x4: torch.Tensor
+    ) -> torch.Tensor:
         size = x4.shape[-2:]
         p = self.gate(4, self.decoder_block4(torch.cat((x4, self.ipt_blk5(image_tiles(image, size))), dim=1)))
         size = x3.shape[-2:]

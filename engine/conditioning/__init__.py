@@ -8,7 +8,6 @@ from engine.conditioning.preprocess import (
     ALPHA_THRESHOLD,
     MAX_SIDE,
     ImageInput,
-    Remover,
     load_image,
     preprocess_image,
 )
@@ -19,7 +18,6 @@ __all__ = [
     "DinoV3Encoder",
     "ImageEncoder",
     "ImageInput",
-    "Remover",
     "image_to_tensor",
     "load_dinov3",
     "load_image",

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Protocol, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine.errors import EngineError, EngineInputError
+from engine.background import BackgroundRemover, ensure_alpha, needs_matte
+from engine.errors import EngineInputError
 
 MAX_SIDE = 1024  # longest side after the cap, before background removal
 ALPHA_THRESHOLD = 0.8 * 255  # pixels with alpha above this make the crop box (alpha >= 205)
@@ -27,12 +28,6 @@ ALPHA_THRESHOLD = 0.8 * 255  # pixels with alpha above this make the crop box (a
 MAX_PIXELS = 2 * 89_478_485
 
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias)
-
-
-class Remover(Protocol):
-    """The background-removal interface (`engine.background.BackgroundRemover`): RGB in, "L" matte out."""
-
-    def remove(self, image: Image.Image) -> Image.Image: ...
 
 
 def load_image(source: ImageInput) -> Image.Image:
@@ -119,11 +114,6 @@ def as_rgb_or_rgba(image: Image.Image) -> Image.Image:
         raise EngineInputError(f"images in PIL mode {mode!r} are not supported ({exc}); save it as PNG") from exc
 
 
-def has_own_alpha(image: Image.Image) -> bool:
-    """The official test: RGBA with at least one alpha below 255."""
-    return image.mode == "RGBA" and image.getchannel("A").getextrema()[0] < 255
-
-
 def cap_size(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
     """Longest side at most `max_side`, LANCZOS, new size by int truncation (the official expression)."""
     scale = min(1, max_side / max(image.size))
@@ -168,30 +158,12 @@ def premultiply(rgba: Image.Image) -> Image.Image:
     return Image.fromarray((rgb * 255).astype(np.uint8), "RGB")
 
 
-def preprocess_image(image: ImageInput, remover: Remover | None = None) -> Image.Image:
+def preprocess_image(image: ImageInput, remover: BackgroundRemover | None = None) -> Image.Image:
     """The conditioning image: square, object centred, premultiplied on black, at most 1024 px (spec 7.1)."""
     image = as_rgb_or_rgba(load_image(image))
-    own_alpha = has_own_alpha(image)  # decided on the input, before the cap, as the official code does
+    own_alpha = not needs_matte(image)  # decided on the input, before the cap, as the official code does
     image = cap_size(image)
-    rgba = image if own_alpha else _matte(image.convert("RGB"), remover)
+    rgba = ensure_alpha(image, None if own_alpha else remover)
     remover_name = None if own_alpha else getattr(remover, "name", type(remover).__name__)
     box = alpha_crop_box(np.asarray(rgba.getchannel("A")), remover_name)
     return premultiply(rgba.crop(box))
-
-
-def _matte(rgb: Image.Image, remover: Remover | None) -> Image.Image:
-    """RGBA from the remover's "L" matte; the remover is any object with `remove(image) -> matte`."""
-    if remover is None:
-        raise EngineInputError(
-            "this image has no transparency and no background remover is available. Use an image with an alpha "
-            "channel around the object (a PNG with a transparent background), or enable background removal in the "
-            "add-on's preferences."
-        )
-    name = getattr(remover, "name", type(remover).__name__)
-    matte = remover.remove(rgb)
-    if not isinstance(matte, Image.Image) or matte.size != rgb.size:
-        got = f"{matte.mode} image of {matte.size}" if isinstance(matte, Image.Image) else type(matte).__name__
-        raise EngineError(f"{name} returned {got}; a matte must be an 'L' image of {rgb.size}")
-    rgba = rgb.convert("RGBA")
-    rgba.putalpha(matte.convert("L"))
-    return rgba

@@ -9,8 +9,9 @@ Four stages, each vectorised over all triangles (numpy; scatter-adds through tor
 4. a regularised QEF solve per voxel, clamped to the voxel box by enumerating faces, edges, corners.
 
 The official scan uses double precision with C++ `int()` truncation and float32 grid lines; those are
-reproduced operation for operation because they decide which voxels exist. The quadrics and the solve
-run in float64 (the official accumulates and solves in float32; the difference is far below 1e-5).
+reproduced operation for operation because they decide which voxels exist. The quadrics are built and
+accumulated in float32 in the official discovery order, and solved with an emulation of Eigen's float32
+QR (`engine.ovoxel.qef`): the QEFs are ill-conditioned enough that one ulp moves a vertex by ~1e-5.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.ovoxel.qef import solve_in_boxes
+
 F32 = np.float32
 F64 = np.float64
 # Upper-triangle entries of a symmetric 4x4 quadric, in this fixed order.
 QUADRIC_ENTRIES = ((0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (3, 3))
 CHUNK = 1 << 21  # candidates per vectorised block (bounds peak memory)
+SLACK = 1e-3  # voxels of margin on the face-test candidate slab (float32 rounding is ~1e-4 at 2048^3)
 
 
 def _trunc_int(x: np.ndarray) -> np.ndarray:
@@ -147,7 +151,8 @@ def _face_test_setup(tri: np.ndarray, n: np.ndarray, vs: np.ndarray) -> dict:
 
 def _face_candidates(tri: np.ndarray, n: np.ndarray, vs: np.ndarray, res: tuple[int, int, int]):
     """Superset of the voxels the official face test can accept, per triangle: the index bounding box
-    restricted, along the normal's dominant axis, to the slab the plane can touch (one voxel of slack)."""
+    restricted, along the normal's dominant axis, to the voxels whose box the plane can touch (computed in
+    float64 with SLACK voxels of margin; the float32 test then decides)."""
     lo_f = np.minimum(np.minimum(tri[:, 0], tri[:, 1]), tri[:, 2]) / vs
     hi_f = np.maximum(np.maximum(tri[:, 0], tri[:, 1]), tri[:, 2]) / vs
     lo = np.maximum(_trunc_int(lo_f), 0)
@@ -165,14 +170,17 @@ def _face_candidates(tri: np.ndarray, n: np.ndarray, vs: np.ndarray, res: tuple[
     vs64 = vs.astype(F64)
     nw, nuu, nvv = n64[np.arange(wa.shape[0]), wa], n64[np.arange(wa.shape[0]), ua], n64[np.arange(wa.shape[0]), va]
     offset = (n64 * tri[tri_of_col, 0].astype(F64)).sum(1) - nuu * u * vs64[ua] - nvv * v * vs64[va]
-    reach = np.abs(nuu) * vs64[ua] + np.abs(nvv) * vs64[va] + np.abs(nw) * vs64[wa]
+    ns = n64 * vs64  # the box [p, p + s] meets the plane iff n_w w s_w - offset is in [-sum max, -sum min]
+    lower = offset - np.maximum(ns, 0).sum(1)
+    upper = offset - np.minimum(ns, 0).sum(1)
+    scale = nw * vs64[wa]
     with np.errstate(divide="ignore", invalid="ignore"):
-        centre = offset / (nw * vs64[wa])
-        half = reach / np.abs(nw * vs64[wa])
-    w_lo = np.where(np.isfinite(centre), np.floor(centre - half) - 1, -np.inf)
-    w_hi = np.where(np.isfinite(centre), np.floor(centre + half) + 1, np.inf)
-    lo_w = np.maximum(lo[tri_of_col, wa], np.clip(w_lo, -1, 2**31).astype(np.int64))
-    hi_w = np.minimum(hi[tri_of_col, wa], np.clip(w_hi + 1, -1, 2**31).astype(np.int64))
+        a, b = lower / scale, upper / scale
+    w_lo = np.ceil(np.minimum(a, b) - SLACK)
+    w_hi = np.floor(np.maximum(a, b) + SLACK)
+    finite = np.isfinite(w_lo) & np.isfinite(w_hi)
+    lo_w = np.where(finite, np.maximum(lo[tri_of_col, wa], np.clip(w_lo, -1, 2**31)), 0).astype(np.int64)
+    hi_w = np.where(finite, np.minimum(hi[tri_of_col, wa], np.clip(w_hi + 1, -1, 2**31)), 0).astype(np.int64)
     col_of_cand, local = _segments(np.maximum(hi_w - lo_w, 0))
     xyz = np.empty((col_of_cand.shape[0], 3), dtype=np.int64)
     rows = np.arange(col_of_cand.shape[0])
@@ -210,14 +218,14 @@ def boundary_edges(faces: np.ndarray) -> np.ndarray:
 def _line_quadrics(v0: np.ndarray, v1: np.ndarray, weight: float):
     """Per segment: kept mask, float64 unit direction, length and the float32 line quadric x weight [B, 10]."""
     d = (v1 - v0).astype(F64)  # float32 difference, widened
-    length = np.sqrt((d * d).sum(1))
+    length = np.sqrt(dot3(d, d))
     keep = length >= 1e-6
     d, length, v0 = d[keep], length[keep], v0[keep]
-    d = d / length[:, None]
+    d = d / np.sqrt(dot3(d, d))[:, None]
     a = (np.eye(3, dtype=F32)[None] - (d[:, :, None] * d[:, None, :]).astype(F32)).astype(F32)  # [B, 3, 3]
-    b = -((a[:, :, 0] * v0[:, None, 0] + a[:, :, 1] * v0[:, None, 1]) + a[:, :, 2] * v0[:, None, 2])
-    row = (v0[:, 0, None] * a[:, 0] + v0[:, 1, None] * a[:, 1]) + v0[:, 2, None] * a[:, 2]  # v0^T A
-    c = (row[:, 0] * v0[:, 0] + row[:, 1] * v0[:, 1]) + row[:, 2] * v0[:, 2]
+    b = -np.stack([dot3(a[:, i, :], v0) for i in range(3)], axis=1)  # -A v0
+    row = np.stack([dot3(v0, a[:, :, j]) for j in range(3)], axis=1)  # v0^T A
+    c = dot3(row, v0)
     q = np.zeros((d.shape[0], 4, 4), dtype=F32)
     q[:, :3, :3], q[:, :3, 3], q[:, 3, :3], q[:, 3, 3] = a, b, b, c
     q = F32(weight) * np.stack([q[:, i, j] for i, j in QUADRIC_ENTRIES], axis=1)
@@ -228,7 +236,7 @@ def dda_voxels(v0: np.ndarray, d: np.ndarray, length: np.ndarray, vs: np.ndarray
     """Voxels visited by the official 3-D DDA of each segment: (segment index [K], voxel [K, 3])."""
     cur = np.floor(v0 / vs[None, :]).astype(np.int64)
     step = np.where(d > 0, 1, -1)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         border = (vs[None, :] * (cur + (step > 0)).astype(F32)).astype(F32)
         t_max = np.where(d == 0, np.inf, (border - v0).astype(F64) / d)
         t_delta = np.where(d == 0, np.inf, vs.astype(F64)[None, :] / np.abs(d))
@@ -247,89 +255,48 @@ def dda_voxels(v0: np.ndarray, d: np.ndarray, length: np.ndarray, vs: np.ndarray
     return np.concatenate(segs), np.concatenate(cells)
 
 
-# --- stage 4: the QEF solve -------------------------------------------------------------------------
-
-
-def _full_quadric(q10: np.ndarray) -> np.ndarray:
-    q = np.empty((q10.shape[0], 4, 4), dtype=F64)
-    for k, (i, j) in enumerate(QUADRIC_ENTRIES):
-        q[:, i, j] = q10[:, k]
-        q[:, j, i] = q10[:, k]
-    return q
-
-
-def _energy(q: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """[x; 1]^T Q [x; 1] for points p [M, 3]."""
-    h = np.concatenate([p, np.ones((p.shape[0], 1))], axis=1)
-    return np.einsum("mi,mij,mj->m", h, q, h)
-
-
-def solve_dual_vertices(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Minimise the quadric per voxel inside its box [lo, hi] (inclusive), the official way: the free
-    minimiser if it is inside, else the best of the 6 face, 12 edge and 8 corner candidates."""
-    x = np.linalg.solve(q[:, :3, :3], -q[:, :3, 3:4])[:, :, 0]
-    inside = ((x >= lo) & (x <= hi)).all(axis=1)
-    out = np.where(inside[:, None], x, 0.0)
-    idx = np.flatnonzero(~inside)
-    if idx.size == 0:
-        return out
-    q, lo, hi = q[idx], lo[idx], hi[idx]
-    m = idx.size
-    best = np.full(m, np.inf)
-    best_p = np.zeros((m, 3))
-    ar = np.arange(m)
-
-    def consider(p, valid):
-        err = _energy(q, p)
-        better = valid & (err < best)
-        best[better] = err[better]
-        best_p[better] = p[better]
-
-    for fixed in range(3):  # one coordinate on a face
-        a1, a2 = (fixed + 1) % 3, (fixed + 2) % 3
-        sub = q[:, [a1, a2]][:, :, [a1, a2]]  # [m, 2, 2]
-        for bound in (lo, hi):
-            rhs = -(q[:, [a1, a2], fixed] * bound[:, fixed, None] + q[:, [a1, a2], 3])
-            y = np.linalg.solve(sub, rhs[:, :, None])[:, :, 0]
-            p = np.empty((m, 3))
-            p[:, fixed], p[:, a1], p[:, a2] = bound[:, fixed], y[:, 0], y[:, 1]
-            ok = (y[:, 0] >= lo[:, a1]) & (y[:, 0] <= hi[:, a1]) & (y[:, 1] >= lo[:, a2]) & (y[:, 1] <= hi[:, a2])
-            consider(p, ok)
-    for free in range(3):  # two coordinates on an edge
-        a1, a2 = (free + 1) % 3, (free + 2) % 3
-        for b1, b2 in ((lo, lo), (lo, hi), (hi, lo), (hi, hi)):
-            num = q[:, free, a1] * b1[:, a1] + q[:, free, a2] * b2[:, a2] + q[:, free, 3]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t = -num / q[:, free, free]
-            p = np.empty((m, 3))
-            p[:, free], p[:, a1], p[:, a2] = t, b1[:, a1], b2[:, a2]
-            consider(p, (t >= lo[:, free]) & (t <= hi[:, free]))
-    for cx in (hi, lo):  # corners, in the official order (max first)
-        for cy in (hi, lo):
-            for cz in (hi, lo):
-                consider(np.stack([cx[ar, 0], cy[ar, 1], cz[ar, 2]], axis=1), np.ones(m, dtype=bool))
-    out[idx] = best_p
-    return out
+# --- stage 4: the QEF solve (engine.ovoxel.qef) ---------------------------------------------------
 
 
 # --- the converter ----------------------------------------------------------------------------------
 
 
-def sequential_sums(index: np.ndarray, n: int, values, ncols: int) -> np.ndarray:
-    """float32 [n, ncols]: for each target row, the values of its contributions added one at a time in
-    the order they appear in `index` (the official accumulates float32 sums in discovery order, and the
-    solve is sensitive to their rounding). `values(ids)` returns the float32 rows of contributions ids."""
-    acc = np.zeros((n, ncols), dtype=F32)
-    if index.size == 0:
+def _group(index: np.ndarray) -> np.ndarray:
+    """Stable permutation grouping equal values of `index` (their relative order kept)."""
+    key = torch.from_numpy(index.astype(np.int32) if index.size and index.max() < 2**31 else index)
+    return torch.sort(key, stable=True).indices.numpy()
+
+
+def sequential_sums(n: int, table: np.ndarray, stages: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """float32 [n, C]: per target row, the rows `table[src]` of its contributions added one at a time,
+    stage after stage, in the order given (the official accumulates float32 sums in discovery order,
+    and the solve is sensitive to their rounding).
+
+    Each stage is (row [K], src [K]) already grouped by row with the discovery order kept inside a
+    group. Contributions are laid out k-major (the k-th contribution of every row that has one, rows
+    sorted by decreasing count), so each of the max-count steps is one contiguous vector add.
+    """
+    acc = np.zeros((n, table.shape[1]), dtype=F32)
+    counts = [np.bincount(row, minlength=n) for row, _ in stages]
+    total = sum(counts)
+    if n == 0 or total.max() == 0:
         return acc
-    order = torch.sort(torch.from_numpy(index), stable=True).indices.numpy()  # grouped by row, order kept
-    counts = np.bincount(index, minlength=n)
-    start = np.cumsum(counts) - counts
-    by_count = np.argsort(-counts, kind="stable")  # rows with the most contributions first
-    alive = np.searchsorted(-counts[by_count], -np.arange(counts.max()), side="left")  # rows with count > k
-    for k in range(int(counts.max())):
-        rows = by_count[: alive[k]]
-        acc[rows] += values(order[start[rows] + k])
+    by_count = np.argsort(-total, kind="stable")  # rank -> row, most contributions first
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_count] = np.arange(n)
+    alive = np.searchsorted(-total[by_count], -np.arange(total.max()), side="left")  # rows with count > k
+    offsets = np.concatenate([[0], np.cumsum(alive)])
+    slot_src = np.empty(int(total.sum()), dtype=np.int64)
+    before = np.zeros(n, dtype=np.int64)
+    for (row, src), count in zip(stages, counts, strict=True):
+        k = before[row] + np.arange(row.size) - (np.cumsum(count) - count)[row]
+        slot_src[offsets[k] + rank[row]] = src
+        before += count
+    layout = torch.from_numpy(table).index_select(0, torch.from_numpy(slot_src)).numpy()  # [K, C]
+    ranked = np.zeros_like(acc)
+    for k in range(alive.size):
+        ranked[: alive[k]] += layout[offsets[k] : offsets[k + 1]]
+    acc[by_count] = ranked
     return acc
 
 
@@ -370,15 +337,22 @@ def mesh_to_flexible_dual_grid(
     base_key = base @ stride
     corner_keys = np.stack(
         [base_key + dx * stride[a0] + dy * stride[a1] for dx, dy in ((0, 0), (0, 1), (1, 0), (1, 1))], axis=1
-    )  # [C, 4] in the official (dx, dy) loop order
-    keys = np.unique(corner_keys)
+    ).reshape(-1)  # [4C]: per crossing, the official (dx, dy) loop order
+    if corner_keys.size == 0:
+        return np.zeros((0, 3), np.int32), np.zeros((0, 3), F32), np.zeros((0, 3), bool)
+    grouped = _group(corner_keys)
+    sorted_keys = corner_keys[grouped]
+    first = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
+    keys = sorted_keys[first]
     n_vox = keys.shape[0]
     coords = np.stack([keys // stride[0], (keys // stride[1]) % res[1], keys % res[2]], axis=1)
-    cross_vox = np.searchsorted(keys, corner_keys).reshape(-1)  # [4C]
+    stage1 = (np.cumsum(first) - 1, grouped)  # (voxel row, contribution id), grouped by voxel
     flags = np.zeros((n_vox, 3), dtype=bool)
+    cross_vox = np.empty(corner_keys.size, dtype=np.int64)
+    cross_vox[grouped] = stage1[0]
     flags[cross_vox[0::4], axis] = True
-    sums = sequential_sums(cross_vox, n_vox, lambda ids: point[ids // 4], 3)
-    count = np.bincount(cross_vox, minlength=n_vox).astype(F32)
+    sums = sequential_sums(n_vox, point, [(stage1[0], grouped // 4)])
+    count = np.bincount(stage1[0], minlength=n_vox).astype(F32)
 
     # 2. face quadrics: existing voxels each triangle touches (triangle order)
     face_vox, face_src = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
@@ -413,12 +387,16 @@ def mesh_to_flexible_dual_grid(
         line_vox, line_src = rows[hit], seg[order][hit] + plane_q.shape[0]
 
     table = np.concatenate([plane_q, line_q])
-    index = np.concatenate([cross_vox, *face_vox, line_vox])
-    src = np.concatenate([np.repeat(tri_id, 4), *face_src, line_src])
-    quadric = sequential_sums(index, n_vox, lambda ids: table[src[ids]], 10)
+    stages = [(stage1[0], tri_id[grouped // 4])]
+    for row, src in ((np.concatenate(face_vox), np.concatenate(face_src)), (line_vox, line_src)):
+        order = _group(row)
+        stages.append((row[order], src[order]))
+    quadric = sequential_sums(n_vox, table, stages)
 
     # 4. regularised solve
-    q = _full_quadric(quadric).astype(F32)
+    q = np.empty((n_vox, 4, 4), dtype=F32)
+    for k, (i, j) in enumerate(QUADRIC_ENTRIES):
+        q[:, i, j] = q[:, j, i] = quadric[:, k]
     if regularization_weight > 0:
         mean = sums / count[:, None]
         w = F32(regularization_weight) * count
@@ -427,7 +405,7 @@ def mesh_to_flexible_dual_grid(
             q[:, i, 3] += w * -mean[:, i]
             q[:, 3, i] += w * -mean[:, i]
         q[:, 3, 3] += w * dot3(mean, mean)
-    lo = (coords.astype(F32) * vs).astype(F64)
-    hi = ((coords + 1).astype(F32) * vs).astype(F64)
-    dual = solve_dual_vertices(q.astype(F64), lo, hi).astype(F32)
+    lo = coords.astype(F32) * vs
+    hi = (coords + 1).astype(F32) * vs
+    dual = solve_in_boxes(q, lo, hi)
     return coords.astype(np.int32), dual, flags

@@ -160,7 +160,8 @@ class SparseTensor:
         return self.replace(self.feats.to(dtype))
 
     def __repr__(self) -> str:
-        return f"SparseTensor(N={self.feats.shape[0]}, C={self.feats.shape[1]}, batch={self.batch_size}, dtype={self.dtype})"
+        n, c = self.feats.shape
+        return f"SparseTensor(N={n}, C={c}, batch={self.batch_size}, dtype={self.dtype})"
 
 
 def sort_key(coords: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,224 @@
+"""What a generation computes, away from Blender: cached pipelines, the engine run, finishing, encoded maps.
+
+Nothing here imports bpy, so it is safe on jobs.py's worker thread and testable without Blender; `api`
+calls the same functions synchronously for scripts. The engine (and torch) are imported inside the
+functions: registering the add-on must not import them.
+
+Two caches live for the Blender session: the loaded pipeline (one at a time: a model holds gigabytes)
+and recent `Generation`s by id, which an object's record points to so "Regenerate at 1536" can reuse
+the conditioning and the sparse structure.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REPO = "microsoft/TRELLIS.2-4B"
+MAX_REMEMBERED = 8  # generations kept for regenerate (each holds its conditioning tokens and latents)
+PNG_LEVEL = 1  # zlib level: maps are large and encoding runs on every generation; the .blend pays a little
+
+Progress = Callable[[str, int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Where the weights come from and how they run (Preferences, or the command line)."""
+
+    source: str = DEFAULT_REPO  # Hugging Face repo id or a local folder holding pipeline.json
+    cache_dir: str | None = None
+    token: str | None = field(default=None, repr=False)
+    device: str = "auto"  # auto | cuda | mps | cpu
+    memory: str = "low_vram"  # low_vram | fast
+    offline: bool = False
+
+    def key(self) -> tuple:
+        return (self.source, self.cache_dir, self.device, self.memory, self.offline)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation: images (PIL or paths) and engine settings, plus how to finish the asset."""
+
+    images: tuple
+    settings: Any  # engine.pipeline.GenerationSettings
+    model: ModelOptions = ModelOptions()
+    face_budget: int = 200_000
+    texture_size: int = 1024
+    name: str = "TRELLIS.2"
+
+
+@dataclass(frozen=True)
+class MaterialMaps:
+    """What the material needs, without Blender types: PNG-encoded maps and the alpha / culling flags."""
+
+    base_color_png: bytes  # sRGB RGBA
+    metallic_roughness_png: bytes  # glTF layout: G roughness, B metallic
+    size: int
+    alpha_mode: str = "OPAQUE"  # OPAQUE | MASK | BLEND
+    alpha_cutoff: float = 0.5
+    double_sided: bool = True
+
+
+@dataclass
+class Result:
+    """A finished generation, ready for the main thread to turn into Blender data."""
+
+    generation: Any  # engine.results.Generation
+    asset: Any  # engine.finish.FinishedAsset
+    maps: MaterialMaps
+    request: Request
+
+
+# ------------------------------------------------------------------------------------------------ caches
+
+_pipelines: dict[tuple, Any] = {}
+_generations: OrderedDict[str, Any] = OrderedDict()
+
+
+def pipeline(model: ModelOptions, on_progress: Progress | None = None):
+    """The loaded `Trellis2Pipeline` for `model` (loading or downloading it the first time)."""
+    key = model.key()
+    if key in _pipelines:
+        return _pipelines[key]
+    from engine.hub import HubOptions
+    from engine.pipeline import Trellis2Pipeline
+    from engine.runtime import Runtime
+
+    def on_download(p) -> None:
+        if on_progress is not None and p.overall_total:
+            on_progress("download", int(p.overall_done // 1_000_000), max(1, int(p.overall_total // 1_000_000)))
+
+    try:
+        runtime = Runtime.auto(model.device)
+    except ValueError as exc:
+        from engine.errors import EngineError
+
+        raise EngineError(f"{exc}. Choose another Device in the TRELLIS.2 add-on preferences.") from exc
+    options = HubOptions(cache_dir=model.cache_dir, token=model.token or None, offline=model.offline)
+    loaded = Trellis2Pipeline.from_pretrained(
+        model.source, runtime=runtime, memory=model.memory, options=options, on_download=on_download
+    )
+    _pipelines.clear()  # one model in memory at a time
+    _pipelines[key] = loaded
+    return loaded
+
+
+def forget_pipelines() -> None:
+    _pipelines.clear()
+
+
+def remember(generation) -> str:
+    """Keep `generation` for later regenerates; returns the id an object's record stores."""
+    gid = uuid.uuid4().hex
+    _generations[gid] = generation
+    while len(_generations) > MAX_REMEMBERED:
+        _generations.popitem(last=False)
+    return gid
+
+
+def recall(gid: str):
+    """The remembered `Generation`, or None (Blender restarted, or evicted after MAX_REMEMBERED newer runs)."""
+    generation = _generations.get(gid)
+    if generation is not None:
+        _generations.move_to_end(gid)
+    return generation
+
+
+# ------------------------------------------------------------------------------------------------- runs
+
+
+def generate(request: Request, on_progress: Progress | None = None, cancel: CancelCheck | None = None) -> Result:
+    """Images -> engine `Generation` -> `FinishedAsset` -> encoded maps."""
+    pipe = pipeline(request.model, on_progress)
+    generation = pipe.run(list(request.images), request.settings, on_progress=on_progress, cancel=cancel)
+    return _finish(generation, request, on_progress, cancel)
+
+
+def regenerate(
+    previous, resolution: int, request: Request, on_progress: Progress | None = None, cancel: CancelCheck | None = None
+) -> Result:
+    """`previous` at another resolution: conditioning and sparse structure are reused, not recomputed."""
+    pipe = pipeline(request.model, on_progress)
+    generation = pipe.regenerate(previous, resolution=resolution, on_progress=on_progress, cancel=cancel)
+    return _finish(generation, request, on_progress, cancel)
+
+
+def _finish(generation, request: Request, on_progress: Progress | None, cancel: CancelCheck | None) -> Result:
+    from engine.errors import Cancelled
+    from engine.finish import finish
+
+    def check() -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled")
+
+    check()
+    if on_progress is not None:
+        on_progress("finish", 0, 2)
+    a = generation.asset
+    asset = finish(
+        a.vertices, a.faces, a, face_budget=request.face_budget, texture_size=request.texture_size, name=request.name
+    )
+    check()
+    if on_progress is not None:
+        on_progress("finish", 1, 2)
+    maps = encode_maps(asset)
+    check()
+    if on_progress is not None:
+        on_progress("finish", 2, 2)
+    return Result(generation=generation, asset=asset, maps=maps, request=request)
+
+
+def encode_png(pixels) -> bytes:
+    """uint8 [H, W, 3|4] (row 0 at the top) -> PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=PNG_LEVEL)
+    return buffer.getvalue()
+
+
+def encode_maps(asset) -> MaterialMaps:
+    """The finished asset's maps as PNG bytes plus its alpha and culling flags."""
+    return MaterialMaps(
+        base_color_png=encode_png(asset.base_color),
+        metallic_roughness_png=encode_png(asset.metallic_roughness),
+        size=int(asset.base_color.shape[0]),
+        alpha_mode=asset.alpha_mode,
+        alpha_cutoff=float(asset.alpha_cutoff),
+        double_sided=bool(asset.double_sided),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+OOM_ADVICE = (
+    "Set Memory to 'Low VRAM' in the TRELLIS.2 add-on preferences, choose a lower resolution, or close other "
+    "programs that use the GPU, then try again"
+)
+
+
+def explain(exc: BaseException) -> str:
+    """A message for the person at the keyboard: what happened and what to do."""
+    from engine.errors import EngineError
+
+    if isinstance(exc, EngineError):
+        return str(exc)
+    if _is_out_of_memory(exc):
+        return f"The GPU ran out of memory ({str(exc).splitlines()[0][:120]}). {OOM_ADVICE}."
+    return f"TRELLIS.2 failed unexpectedly: {type(exc).__name__}: {exc}. The system console has the details."
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
