@@ -18,8 +18,9 @@ import importlib
 import sys
 from pathlib import Path
 
-# Modules whose `classes` tuple is registered, in order (the UI modules of the add-on join this list).
-MODULES = ("preferences",)
+# Modules registered in order: each one's `classes` tuple, then its own `register()` if it has one
+# (properties: the Scene/Object pointers; jobs: file-load handler and status bar; cli: `blender -c trellis2`).
+MODULES = ("preferences", "properties", "operators", "panels", "jobs", "cli")
 
 VENDOR = Path(__file__).resolve().parent / "_vendor"
 
@@ -37,8 +38,10 @@ def register() -> None:
         sys.path.insert(0, str(VENDOR))  # holds only `engine`; first, so no other `engine` shadows ours
         _added_paths.append(str(VENDOR))
     for module in _modules():
-        for cls in module.classes:
+        for cls in getattr(module, "classes", ()):
             bpy.utils.register_class(cls)
+        if hasattr(module, "register"):
+            module.register()
     from . import preferences
 
     _added_paths.extend(preferences.activate_runtime())
@@ -48,7 +51,9 @@ def unregister() -> None:
     import bpy
 
     for module in reversed(_modules()):
-        for cls in reversed(module.classes):
+        if hasattr(module, "unregister"):
+            module.unregister()
+        for cls in reversed(getattr(module, "classes", ())):
             bpy.utils.unregister_class(cls)
     from . import runtime_install
 

@@ -93,6 +93,14 @@ def build_material(name: str, maps: MaterialMaps) -> bpy.types.Material:
     return material
 
 
+def rename_material(material: bpy.types.Material, name: str) -> None:
+    """Rename a material and its images the way `build_material` names them."""
+    material.name = name
+    for node in material.node_tree.nodes:
+        if node.type == "TEX_IMAGE" and node.image is not None:
+            node.image.name = f"{name} {node.label}"
+
+
 def material_images(material: bpy.types.Material) -> list[bpy.types.Image]:
     """The images a material's nodes use (what is removed with it)."""
     tree = material.node_tree

@@ -50,17 +50,21 @@ def build_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, corner_uvs: n
     return mesh
 
 
-def mesh_from_asset(name: str, asset, scale: float = 1.0, on_ground: bool = True) -> bpy.types.Mesh:
-    """The `FinishedAsset` (Z-up, unit cube) as a welded, smooth-shaded mesh in metres.
+def mesh_from_asset(name: str, asset, size: float | None = None, on_ground: bool = True) -> bpy.types.Mesh:
+    """The `FinishedAsset` (Z-up, inside the unit cube) as a welded, smooth-shaded mesh in metres.
 
-    `scale` multiplies the engine's unit cube; `on_ground` moves the mesh so its bounding box sits on
-    z = 0, centred on the object origin (what "at the 3D cursor" should mean for an object on a floor).
+    `size` scales the mesh so its longest side measures that many metres (None: the engine's unit cube);
+    `on_ground` moves it so its bounding box sits on z = 0, centred on the object origin: placed at the
+    3D cursor, the object stands on it. The scale lives in the vertices: the object transform stays clean.
     """
     positions, remap = weld(asset.vertices)
-    positions = positions * np.float32(scale)
-    if on_ground and len(positions):
+    if len(positions):
         lo, hi = positions.min(axis=0), positions.max(axis=0)
-        positions -= np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], dtype=np.float32)
+        if size is not None:
+            scale = np.float32(size / max(float((hi - lo).max()), 1e-12))
+            positions, lo, hi = positions * scale, lo * scale, hi * scale
+        if on_ground:
+            positions -= np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], dtype=np.float32)
     mesh = build_mesh(name, positions, remap[asset.faces], asset.blender_uvs())
     mesh.shade_smooth()
     return mesh

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 MARKER_FORMAT = 1
 TORCH_VERSION = "2.13.0"
 SPCONV_REQUIREMENT = "spconv-cu126==2.3.8"
+# What the engine needs beside torch and does not ship in the zip: DINOv3 (transformers' native class,
+# which pulls in tokenizers and regex) and the quadric decimation of the finishing step.
+ENGINE_REQUIREMENTS = ("transformers==5.24.0", "fast-simplification==0.2.0")
 PYTORCH_INDEX = "https://download.pytorch.org/whl/{variant}"
 # (lowest NVIDIA driver major version, PyTorch CUDA variant), newest first. CUDA 12.8 brings Blackwell
 # (RTX 50xx) kernels; 12.6 runs on any CUDA 12 driver through minor-version compatibility.
@@ -122,18 +125,21 @@ def default_plan(
     """
     system = system or platform.system()
     if system == "Darwin":
-        return InstallPlan((f"torch=={torch_version}",), label="macOS (Metal / MPS)", expected_bytes=1 * GB)
+        return InstallPlan(
+            (f"torch=={torch_version}", *ENGINE_REQUIREMENTS), label="macOS (Metal / MPS)", expected_bytes=1 * GB
+        )
     gpu = gpu if gpu is not None else detect_gpu()
     variant = next((v for lowest, v in CUDA_VARIANTS if gpu.vendor == "nvidia" and gpu.driver_major >= lowest), None)
     if variant is None:
         label = "CPU only" + (f" (NVIDIA driver {gpu.driver_major} is too old for CUDA 12)" if gpu.driver_major else "")
         return InstallPlan(
-            (f"torch=={torch_version}+cpu",),
+            (f"torch=={torch_version}+cpu", *ENGINE_REQUIREMENTS),
             label=label,
             extra_index_urls=(PYTORCH_INDEX.format(variant="cpu"),),
             expected_bytes=1 * GB,
         )
-    requirements = (f"torch=={torch_version}+{variant}",) + ((SPCONV_REQUIREMENT,) if include_spconv else ())
+    requirements = (f"torch=={torch_version}+{variant}", *ENGINE_REQUIREMENTS)
+    requirements += (SPCONV_REQUIREMENT,) if include_spconv else ()
     return InstallPlan(
         requirements,
         label=f"CUDA {variant[2:4]}.{variant[4:]} for {gpu.name}",

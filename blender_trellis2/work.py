@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +28,10 @@ PNG_LEVEL = 1  # zlib level: maps are large and encoding runs on every generatio
 
 Progress = Callable[[str, int, int], None]
 CancelCheck = Callable[[], bool]
+
+
+class AddonError(Exception):
+    """A problem the add-on itself found (no image chosen, result deleted...); the message is for people."""
 
 
 @dataclass(frozen=True)
@@ -46,14 +51,43 @@ class ModelOptions:
 
 @dataclass(frozen=True)
 class Request:
-    """One generation: images (PIL or paths) and engine settings, plus how to finish the asset."""
+    """One generation in plain values (no Blender or engine types): images, settings, how to finish."""
 
-    images: tuple
-    settings: Any  # engine.pipeline.GenerationSettings
+    images: tuple  # PIL images or file paths
+    resolution: int = 1024  # 512 | 1024 | 1536
+    seed: int = 42
+    samplers: dict = field(default_factory=dict)  # stage -> {"steps", "guidance_strength"} overrides
+    multi_image_mode: str = "stochastic"
     model: ModelOptions = ModelOptions()
     face_budget: int = 200_000
     texture_size: int = 1024
+    object_size: float = 1.0  # metres, longest side
     name: str = "TRELLIS.2"
+
+    def settings(self):
+        """The engine's `GenerationSettings` (imports the engine: call it on the worker)."""
+        from engine.pipeline import GenerationSettings
+
+        return GenerationSettings.for_resolution(
+            self.resolution,
+            seed=self.seed,
+            sparse_structure_sampler=dict(self.samplers.get("sparse_structure", {})),
+            shape_sampler=dict(self.samplers.get("shape", {})),
+            texture_sampler=dict(self.samplers.get("texture", {})),
+            multi_image_mode=self.multi_image_mode,
+        )
+
+    def describe(self) -> dict:
+        """What the object's record keeps (JSON-able)."""
+        return {
+            "resolution": self.resolution,
+            "seed": self.seed,
+            "samplers": self.samplers,
+            "multi_image_mode": self.multi_image_mode,
+            "face_budget": self.face_budget,
+            "texture_size": self.texture_size,
+            "object_size": self.object_size,
+        }
 
 
 @dataclass(frozen=True)
@@ -139,7 +173,7 @@ def recall(gid: str):
 def generate(request: Request, on_progress: Progress | None = None, cancel: CancelCheck | None = None) -> Result:
     """Images -> engine `Generation` -> `FinishedAsset` -> encoded maps."""
     pipe = pipeline(request.model, on_progress)
-    generation = pipe.run(list(request.images), request.settings, on_progress=on_progress, cancel=cancel)
+    generation = pipe.run(list(request.images), request.settings(), on_progress=on_progress, cancel=cancel)
     return _finish(generation, request, on_progress, cancel)
 
 
@@ -208,9 +242,8 @@ OOM_ADVICE = (
 
 def explain(exc: BaseException) -> str:
     """A message for the person at the keyboard: what happened and what to do."""
-    from engine.errors import EngineError
-
-    if isinstance(exc, EngineError):
+    errors = sys.modules.get("engine.errors")  # not imported yet: the error cannot be one of the engine's
+    if isinstance(exc, AddonError) or (errors is not None and isinstance(exc, errors.EngineError)):
         return str(exc)
     if _is_out_of_memory(exc):
         return f"The GPU ran out of memory ({str(exc).splitlines()[0][:120]}). {OOM_ADVICE}."
@@ -218,7 +251,8 @@ def explain(exc: BaseException) -> str:
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

@@ -117,7 +117,11 @@ TRI_F = np.array([[0, 1, 2]])
         (TRI_V[:, :2], TRI_F, r"\[V, 3\]"),
         (TRI_V, TRI_F.astype(np.float32), "integer"),
         (np.array([[0, 0, 0], [0.1, 0.1, 0.1], [0.2, 0.2, 0.2]], np.float32), TRI_F, "zero area"),
-        (np.array([[0.001, 0.001, 0.001], [0.002, 0.001, 0.001], [0.001, 0.002, 0.001]], np.float32), TRI_F, "too small"),
+        (
+            np.array([[0.001, 0.001, 0.001], [0.002, 0.001, 0.001], [0.001, 0.002, 0.001]], np.float32),
+            TRI_F,
+            "too small",
+        ),
     ],
 )
 def test_bad_mesh_is_refused_clearly(vertices, faces, match):
@@ -216,7 +220,9 @@ def test_sample_attributes_reproduces_a_linear_field_and_renormalises():
     far = np.array([[0.45, 0.45, 0.45]], np.float32)
     assert (ovoxel.sample_attributes(coords, attrs, far, grid_shape=res) == 0).all()
     # torch in -> torch out, same numbers
-    got_t = ovoxel.sample_attributes(torch.from_numpy(coords), torch.from_numpy(attrs), torch.from_numpy(inner), grid_shape=res)
+    got_t = ovoxel.sample_attributes(
+        torch.from_numpy(coords), torch.from_numpy(attrs), torch.from_numpy(inner), grid_shape=res
+    )
     assert isinstance(got_t, torch.Tensor)
     np.testing.assert_allclose(got_t.numpy(), got, atol=0)
 
@@ -299,3 +305,14 @@ def test_vertex_colours_multiply_base_colour():
     bottom = ovoxel.sample_attributes(vox.coords, vox.attrs, np.array([[0, 0, -0.3]], np.float32), grid_shape=64)[0]
     np.testing.assert_allclose(top[:3], [0.5, 0.5, 0.0], atol=0.02)
     np.testing.assert_allclose(bottom[:3], [0.0, 0.5, 1.0], atol=0.02)
+
+
+def test_other_box_keeps_the_input_coordinates():
+    v, f = SHAPES["cube"]()
+    box = ((-5.0, -5.0, -5.0), (5.0, 5.0, 5.0))
+    vox = ovoxel.from_mesh(v * 10, f, 64, aabb=box)
+    mesh = ovoxel.to_mesh(vox)
+    assert vox.aabb == box
+    np.testing.assert_allclose(np.abs(mesh.vertices).max(), 3.0, atol=0.01)  # the cube's half size, scaled
+    unit = ovoxel.to_mesh(ovoxel.from_mesh(v, f, 64))
+    np.testing.assert_allclose(mesh.vertices, unit.vertices * 10, atol=1e-4)

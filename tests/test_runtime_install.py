@@ -165,17 +165,18 @@ def test_pip_failures_become_sentences(output, no_index, expected):
 
 def test_default_plans_per_machine():
     mac = ri.default_plan(system="Darwin")
-    assert mac.requirements == (f"torch=={ri.TORCH_VERSION}",) and not mac.extra_index_urls
+    assert mac.requirements == (f"torch=={ri.TORCH_VERSION}", *ri.ENGINE_REQUIREMENTS) and not mac.extra_index_urls
 
     new = ri.default_plan(system="Windows", gpu=ri.GpuInfo("nvidia", "RTX 5090", 575))
-    assert new.requirements == (f"torch=={ri.TORCH_VERSION}+cu128", ri.SPCONV_REQUIREMENT)
+    assert new.requirements == (f"torch=={ri.TORCH_VERSION}+cu128", *ri.ENGINE_REQUIREMENTS, ri.SPCONV_REQUIREMENT)
     assert new.extra_index_urls == ("https://download.pytorch.org/whl/cu128",)
 
     older = ri.default_plan(system="Linux", gpu=ri.GpuInfo("nvidia", "RTX 3060", 535), include_spconv=False)
-    assert older.requirements == (f"torch=={ri.TORCH_VERSION}+cu126",)
+    assert older.requirements == (f"torch=={ri.TORCH_VERSION}+cu126", *ri.ENGINE_REQUIREMENTS)
 
     stale = ri.default_plan(system="Linux", gpu=ri.GpuInfo("nvidia", "GTX 970", 470))
-    assert stale.requirements == (f"torch=={ri.TORCH_VERSION}+cpu",) and "too old" in stale.label
+    assert stale.requirements == (f"torch=={ri.TORCH_VERSION}+cpu", *ri.ENGINE_REQUIREMENTS)
+    assert "too old" in stale.label
     assert ri.default_plan(system="Linux", gpu=ri.GpuInfo("none")).label == "CPU only"
     assert len({p.key() for p in (mac, new, older, stale)}) == 4
 

@@ -74,7 +74,8 @@ def rasterise(uvs: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.ndarray
 
 def dilate_ids(face_id: np.ndarray, rings: int) -> np.ndarray:
     """Give uncovered texels within `rings` texels of a chart the id of a covered neighbour (3x3 max)."""
-    ids = torch.from_numpy(face_id.astype(np.float64) + 1.0)[None, None]  # 0 = empty; float64 holds ids exactly
+    exact = np.float32 if face_id.max() < 2**24 - 1 else np.float64  # ids must stay exact integers
+    ids = torch.from_numpy(face_id.astype(exact) + 1)[None, None]  # 0 = empty
     for _ in range(rings):
         grown = torch.nn.functional.max_pool2d(ids, 3, stride=1, padding=1)
         ids = torch.where(ids > 0, ids, grown)

@@ -23,8 +23,6 @@ EDGE_NEIGHBOURS = (
     ((0, 0, 0), (1, 0, 0), (1, 0, 1), (0, 0, 1)),  # y
     ((0, 0, 0), (0, 1, 0), (1, 1, 0), (1, 0, 0)),  # z
 )
-SPLIT_A = (0, 1, 2, 0, 2, 3)  # diagonal q0-q2
-SPLIT_B = (0, 1, 3, 3, 1, 2)  # diagonal q1-q3
 
 
 def grid_shape(grid_size: int | Sequence[int]) -> tuple[int, int, int]:
@@ -109,15 +107,15 @@ def quads_from_flags(coords: torch.Tensor, flags: torch.Tensor, shape: tuple[int
             ok &= p100 >= 0
             p110 = torch.where(ok, lookup_sorted(sorted_keys, key + stride_x + stride_y), -1)
             quad = (rows, p010, p110, p100)
-        quad = torch.stack(quad, dim=1)  # [M_a, 4] sorted rows
-        quad = quad[(quad >= 0).all(dim=1)]
+        keep = ((quad[1] >= 0) & (quad[2] >= 0) & (quad[3] >= 0)).nonzero().squeeze(1)
+        quad = torch.stack([q.index_select(0, keep) for q in quad], dim=1)  # [M_a, 4] sorted rows
         parts.append((quad, axis))
 
     # Official order: by (input row of q0, axis). Slots n*3+axis are unique: scatter, then compact.
     slot_of = torch.full((3 * n,), -1, dtype=torch.long, device=device)
     quads = torch.cat([q for q, _ in parts], dim=0)
     if order is not None:
-        quads = order[quads]  # sorted rows -> input rows
+        quads = order.index_select(0, quads.reshape(-1)).view(-1, 4)  # sorted rows -> input rows
     first = 0
     for q, axis in parts:
         ids = torch.arange(first, first + q.shape[0], device=device)
@@ -128,17 +126,21 @@ def quads_from_flags(coords: torch.Tensor, flags: torch.Tensor, shape: tuple[int
 
 def _split_a_mask(quads: torch.Tensor, vertices: torch.Tensor, split_weight: torch.Tensor | None) -> torch.Tensor:
     """[L] True where the quad is split along q0-q2 (split A), False for q1-q3 (split B)."""
+    flat = quads.reshape(-1)
     if split_weight is not None:
-        w = split_weight.reshape(-1)[quads]  # [L, 4]
+        w = split_weight.reshape(-1).index_select(0, flat).view(-1, 4)  # [L, 4]
         return w[:, 0] * w[:, 2] > w[:, 1] * w[:, 3]  # strict: ties go to B
     # No weights: the official code scores each split on the first four entries of its 6-index
     # triangle list (spec 5.2). For A that is |n(q0,q1,q2) . n(q1,q2,q0)|, for B a cross product of a
-    # vector with itself (0, or NaN for non-finite input), so A wins unless (q0,q1,q2) is degenerate.
+    # vector with itself: exactly 0 for finite input (NaN otherwise, and NaN never wins), so A wins
+    # unless (q0,q1,q2) is degenerate.
     dim = 0 if quads.shape[0] == 3 else 1  # torch.cross without dim takes the first axis of size 3
-    v = vertices[quads]  # [L, 4, 3]
+    v = vertices.index_select(0, flat).view(-1, 4, 3)  # [L, 4, 3]
     n0 = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=dim)
     n1 = torch.linalg.cross(v[:, 2] - v[:, 1], v[:, 0] - v[:, 1], dim=dim)
     align_a = (n0 * n1).sum(dim=1).abs()
+    if bool(torch.isfinite(vertices).all()) and float(vertices.abs().max()) < 1e15:
+        return align_a > 0  # B's score is exactly 0 (its cross products cannot overflow here)
     m0 = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 3] - v[:, 0], dim=dim)
     m1 = torch.linalg.cross(v[:, 3] - v[:, 1], v[:, 3] - v[:, 1], dim=dim)
     align_b = (m0 * m1).sum(dim=1).abs()
@@ -171,7 +173,17 @@ def flexible_dual_grid_to_mesh(
 
     quads = quads_from_flags(coords, flags, shape)  # [L, 4]
     split_a = _split_a_mask(quads, vertices, split_weight)
-    tri_a = quads[:, list(SPLIT_A)]
-    tri_b = quads[:, list(SPLIT_B)]
-    faces = torch.where(split_a[:, None], tri_a, tri_b).reshape(-1, 3)  # [2L, 3]
+    q0, q1, q2, q3 = quads.unbind(1)
+    # split A: (q0, q1, q2), (q0, q2, q3); split B: (q0, q1, q3), (q3, q1, q2)
+    faces = torch.stack(
+        [
+            q0,
+            q1,
+            torch.where(split_a, q2, q3),
+            torch.where(split_a, q0, q3),
+            torch.where(split_a, q2, q1),
+            torch.where(split_a, q3, q2),
+        ],
+        dim=1,
+    ).view(-1, 3)  # [2L, 3]
     return vertices, faces

@@ -42,10 +42,16 @@ class AttributeVolume:
         self.keys, order = torch.sort(keys)
         self.attrs = attrs[order]
 
-    def _find(self, key: torch.Tensor) -> torch.Tensor:
+    def _find_pair(self, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of `key` and `key + 1` (-1 where absent) with one binary search: key + 1 sits right
+        after key when both exist, or at key's insertion point when key is absent."""
         n = self.keys.numel()
-        pos = torch.searchsorted(self.keys, key).clamp_max(n - 1)
-        return torch.where(self.keys[pos] == key, pos, -1)
+        pos = torch.searchsorted(self.keys, key)
+        at = self.keys.index_select(0, pos.clamp_max(n - 1))
+        found = (pos < n) & (at == key)
+        nxt = torch.where(found, pos + 1, pos).clamp_max(n - 1)
+        found1 = (torch.where(found, pos + 1, pos) < n) & (self.keys.index_select(0, nxt) == key + 1)
+        return torch.where(found, pos, -1), torch.where(found1, nxt, -1)
 
     def sample(self, points):
         """Values at `points` [P, 3] (same type as given: numpy or torch), [P, C] in the attrs' dtype."""
@@ -64,10 +70,13 @@ class AttributeVolume:
         base = torch.floor(g - 0.5).long()
         frac = g - base.float() - 0.5  # in [0, 1): distance to the lower corner
         sx, sy, sz = self.shape
+        # visit the points in key order: the binary searches then walk the keys monotonically
+        order = torch.argsort((base[:, 0] * sy + base[:, 1]) * sz + base[:, 2])
+        base, frac = base.index_select(0, order), frac.index_select(0, order)
         total = torch.zeros(p.shape[0], dtype=torch.float32, device=self.device)
         acc = torch.zeros((p.shape[0], self.attrs.shape[1]), dtype=torch.float32, device=self.device)
-        z_ok = [(base[:, 2] >= 0) & (base[:, 2] < sz), (base[:, 2] + 1 >= 0) & (base[:, 2] + 1 < sz)]
-        wz = [1 - frac[:, 2], frac[:, 2]]
+        z_ok = ((base[:, 2] >= 0) & (base[:, 2] < sz), (base[:, 2] + 1 >= 0) & (base[:, 2] + 1 < sz))
+        wz = (1 - frac[:, 2], frac[:, 2])
         for dx in (0, 1):
             x = base[:, 0] + dx
             wx = frac[:, 0] if dx else 1 - frac[:, 0]
@@ -75,20 +84,14 @@ class AttributeVolume:
                 y = base[:, 1] + dy
                 wxy = wx * (frac[:, 1] if dy else 1 - frac[:, 1])
                 ok_xy = (x >= 0) & (x < sx) & (y >= 0) & (y < sy)
-                key0 = (x * sy + y) * sz + base[:, 2]
-                pos0 = self._find(torch.where(ok_xy & z_ok[0], key0, -2))
-                # the z+1 neighbour sits right after z in sorted order when both exist; else search it
-                nxt = (pos0 + 1).clamp_max(self.keys.numel() - 1)
-                pos1 = torch.where((pos0 >= 0) & (self.keys[nxt] == key0 + 1), nxt, -1)
-                need = (pos0 < 0) & ok_xy & z_ok[1]
-                if bool(need.any()):
-                    pos1 = torch.where(need, self._find(torch.where(need, key0 + 1, -2)), pos1)
-                pos1 = torch.where(ok_xy & z_ok[1], pos1, -1)
-                for pos, w_z in ((pos0, wz[0]), (pos1, wz[1])):
+                pos0, pos1 = self._find_pair(torch.where(ok_xy, (x * sy + y) * sz + base[:, 2], -2))
+                for pos, ok_z, w_z in ((pos0, z_ok[0], wz[0]), (pos1, z_ok[1], wz[1])):
+                    pos = torch.where(ok_xy & ok_z, pos, -1)
                     w = torch.where(pos >= 0, wxy * w_z, 0.0)
                     total += w
-                    acc += w[:, None] * self.attrs[pos.clamp_min(0)].float()
-        return (acc / total.clamp_min(1e-12)[:, None]).to(self.attrs.dtype)
+                    acc += w[:, None] * self.attrs.index_select(0, pos.clamp_min(0)).float()
+        value = (acc / total.clamp_min(1e-12)[:, None]).to(self.attrs.dtype)
+        return torch.empty_like(value).index_copy_(0, order, value)
 
 
 def sample_attributes(coords, attrs, points, origin=(-0.5, -0.5, -0.5), voxel_size=None, grid_shape=None):
@@ -97,7 +100,7 @@ def sample_attributes(coords, attrs, points, origin=(-0.5, -0.5, -0.5), voxel_si
     numpy in -> numpy out, torch in -> torch out (on the attrs' device). `grid_shape` bounds the
     valid voxels (the official passes the decoded tensor's spatial shape, or the grid size);
     `voxel_size` defaults to 1 / grid_shape. Points with no active neighbour get 0.
-    For many calls on one volume, build an `AttributeVolume` once.
+    For many calls on one volume, build an `AttributeVolume` once (it sorts the voxels).
     """
     if grid_shape is None:
         raise EngineInputError("sample_attributes needs grid_shape (the voxel grid resolution)")
