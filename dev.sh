@@ -28,7 +28,7 @@ case "${1:-}" in
     demo)
         setup
         shift
-        "$PY" -m engine.demo "$@" ;;
+        "$PY" -m blender_trellis2 demo "$@" ;;
     *)
         echo "usage: bash dev.sh {demo|test|setup} [args]" >&2
         exit 2 ;;

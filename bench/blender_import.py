@@ -113,8 +113,10 @@ def main() -> None:
     print(f"{'(first decode, lazy)':<24}{statistics.median(decode):>10.3f}{min(decode):>10.3f}")
     total = statistics.median(rows["main thread total"])
     print(f"main thread total / 3 s goal: {total / 3.0:.2f}")
-    print(f"maps: base colour {len(maps.base_color_png) / 1e6:.1f} MB, metallic-roughness "
-          f"{len(maps.metallic_roughness_png) / 1e6:.1f} MB PNG")
+    print(
+        f"maps: base colour {len(maps.base_color_png) / 1e6:.1f} MB, metallic-roughness "
+        f"{len(maps.metallic_roughness_png) / 1e6:.1f} MB PNG"
+    )
 
 
 if __name__ == "__main__":

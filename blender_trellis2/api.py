@@ -22,7 +22,8 @@ from typing import Any
 import bpy
 import numpy as np
 
-from . import jobs, materials, mesh_import, relight as _relight, work
+from . import jobs, materials, mesh_import, work
+from . import relight as _relight
 from .work import AddonError, ModelOptions, Request
 
 COLLECTION = "TRELLIS.2"

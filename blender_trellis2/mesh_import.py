@@ -26,7 +26,9 @@ def weld(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(vertices[order[new]], dtype=np.float32), remap
 
 
-def build_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, corner_uvs: np.ndarray | None = None) -> bpy.types.Mesh:
+def build_mesh(
+    name: str, vertices: np.ndarray, faces: np.ndarray, corner_uvs: np.ndarray | None = None
+) -> bpy.types.Mesh:
     """A triangle mesh from `vertices` [V, 3] and `faces` [F, 3], with optional per-corner UVs [3F, 2]."""
     faces = np.asarray(faces, dtype=np.int32)
     n_faces = len(faces)

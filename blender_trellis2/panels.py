@@ -4,7 +4,6 @@ and, for a selected result, Regenerate at 1024 / 1536 and Relight. Drawing reads
 
 from __future__ import annotations
 
-import bpy
 from bpy.types import Panel, UIList
 
 from . import jobs, preferences

@@ -11,8 +11,15 @@ from __future__ import annotations
 import json
 
 import bpy
-from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty
-from bpy.props import StringProperty
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
 from bpy.types import PropertyGroup
 
 RESOLUTIONS = (("512", "512", "Fastest; coarse geometry"), ("1024", "1024", "The default"), ("1536", "1536", "Finest"))

@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 UNIT_BOX = ((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5))
 MAX_RESOLUTION = 2048
-PBR_LAYOUT = {"base_color": slice(0, 3), "metallic": slice(3, 4), "roughness": slice(4, 5), "alpha": slice(5, 6)}
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from engine.errors import EngineInputError
-from engine.ovoxel.voxelize import edge_crossings
+from engine.ovoxel.voxelize import edge_crossings, flat_keys
 
 F32 = np.float32
 ALPHA_MODES = ("OPAQUE", "MASK", "BLEND")
@@ -165,9 +165,9 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
     axis, base, _, tri_id = edge_crossings(tri, vs, res)
     stride = np.array([res[1] * res[2], res[2], 1], dtype=np.int64)
     a0, a1 = (axis + 1) % 3, (axis + 2) % 3
-    keys = base @ stride
+    keys = flat_keys(base, stride)
     corner = np.concatenate([keys + dx * stride[a0] + dy * stride[a1] for dx, dy in ((0, 0), (0, 1), (1, 0), (1, 1))])
-    voxel_keys = coords.astype(np.int64) @ stride
+    voxel_keys = flat_keys(coords, stride)
     vox = np.searchsorted(voxel_keys, corner)
     pair = np.unique(np.tile(tri_id, 4) * voxel_keys.size + vox)
     pair_tri, pair_vox = pair // voxel_keys.size, pair % voxel_keys.size
@@ -190,7 +190,10 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
         centre = (coords[v].astype(F32) + F32(0.5)) * vs
         bary, dist = _project(centre, tri[t], n[t])
         weight = 1 - dist
-        uv = np.einsum("pk,pkc->pc", bary, tri_uv[t])
+        corner_uv = tri_uv[t]  # [P, 3, 2]
+        uv = (
+            bary[:, 0, None] * corner_uv[:, 0] + bary[:, 1, None] * corner_uv[:, 1] + bary[:, 2, None] * corner_uv[:, 2]
+        )
         values = np.empty((t.size, 6), dtype=F32)
         mid = fmat[t]
         for i, m in enumerate(mats):
@@ -210,14 +213,19 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
     return attrs.astype(F32), dict(LAYOUT)
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot of [P, 3] arrays (explicit: numpy's small-axis reductions are slow)."""
+    return a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2]
+
+
 def _project(p: np.ndarray, tri: np.ndarray, n: np.ndarray):
     """Unclamped barycentrics [P, 3] of p projected onto the triangle's plane, and its signed distance."""
     a = tri[:, 0]
-    d = ((p - a) * n).sum(1)
+    d = _dot(p - a, n)
     ap = p - d[:, None] * n - a
     ab, ac = tri[:, 1] - a, tri[:, 2] - a
-    d00, d01, d11 = (ab * ab).sum(1), (ab * ac).sum(1), (ac * ac).sum(1)
-    d20, d21 = (ap * ab).sum(1), (ap * ac).sum(1)
+    d00, d01, d11 = _dot(ab, ab), _dot(ab, ac), _dot(ac, ac)
+    d20, d21 = _dot(ap, ab), _dot(ap, ac)
     denom = d00 * d11 - d01 * d01
     with np.errstate(divide="ignore", invalid="ignore"):
         v = (d11 * d20 - d01 * d21) / denom

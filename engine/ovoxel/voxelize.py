@@ -34,6 +34,11 @@ def _trunc_int(x: np.ndarray) -> np.ndarray:
     return np.trunc(np.clip(x, -(2.0**31), 2.0**31 - 1)).astype(np.int64)
 
 
+def flat_keys(c: np.ndarray, stride: np.ndarray) -> np.ndarray:
+    """int64 x-major keys of integer coords [K, 3] (an explicit sum: numpy's integer matmul is slow)."""
+    return c[:, 0].astype(np.int64) * stride[0] + c[:, 1].astype(np.int64) * stride[1] + c[:, 2]
+
+
 def _lerp(a, b, t, va, vb):
     """The official lerp: va where a == b, else (1 - alpha) va + alpha vb with alpha = (t - a)/(b - a)."""
     same = a == b
@@ -81,6 +86,21 @@ def triangle_planes(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --- stage 1: edge crossings ------------------------------------------------------------------------
 
 
+def _stable_sort3(p: np.ndarray) -> np.ndarray:
+    """The 3 corners [F, 3, 3] of each triangle ordered by their y (column 1), ties kept in input order
+    (std::sort on 3 items is an insertion sort, hence stable)."""
+    y0, y1, y2 = p[:, 0, 1], p[:, 1, 1], p[:, 2, 1]
+    rank = (
+        (y1 < y0).astype(np.int8) + (y2 < y0),
+        (y0 <= y1).astype(np.int8) + (y2 < y1),
+        (y0 <= y2).astype(np.int8) + (y1 <= y2),
+    )
+    out = np.empty_like(p)
+    for r in range(3):
+        out[:, r] = np.where((rank[0] == r)[:, None], p[:, 0], np.where((rank[1] == r)[:, None], p[:, 1], p[:, 2]))
+    return out
+
+
 def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int, int]):
     """All (triangle, primal grid edge) crossings of the official scan line.
 
@@ -92,8 +112,7 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         a0, a1 = (a2 + 1) % 3, (a2 + 2) % 3
         s0, s1, s2 = (F64(voxel_size[a]) for a in (a0, a1, a2))
         p = tri[:, :, [a0, a1, a2]].astype(F64)  # [F, 3 corners, (x, y, z)]
-        order = np.argsort(p[:, :, 1], axis=1, kind="stable")  # std::sort on 3 items is stable
-        t = np.take_along_axis(p, order[:, :, None], axis=1)
+        t = _stable_sort3(p)
         ybin = np.clip(_trunc_int(t[:, :, 1] / s1), 0, res[a1] - 1)  # [F, 3]: start, mid, end
         tri_of_row, local = _segments(ybin[:, 2] - ybin[:, 0])
         y_idx = ybin[tri_of_row, 0] + local
@@ -161,32 +180,39 @@ def _face_candidates(tri: np.ndarray, n: np.ndarray, vs: np.ndarray, res: tuple[
     w_axis = np.argmax(np.abs(n), axis=1)
     u_axis, v_axis = (w_axis + 1) % 3, (w_axis + 2) % 3
     ar = np.arange(tri.shape[0])
+    # per-triangle scalars first (1-D gathers per column are much cheaper than 2-D fancy indexing)
+    n64, vs64 = n.astype(F64), vs.astype(F64)
+    lo_u, lo_v, lo_w_t, hi_w_t = lo[ar, u_axis], lo[ar, v_axis], lo[ar, w_axis], hi[ar, w_axis]
+    su, sv, sw = vs64[u_axis], vs64[v_axis], vs64[w_axis]
+    nu_t, nv_t = n64[ar, u_axis] * su, n64[ar, v_axis] * sv  # n_u s_u, n_v s_v
+    ns = n64 * vs64  # the box [p, p + s] meets the plane iff n_w w s_w - offset is in [-sum max, -sum min]
+    n_dot_v0 = (n64 * tri[:, 0].astype(F64)).sum(1)
+    base_lower = n_dot_v0 - np.maximum(ns, 0).sum(1)
+    base_upper = n_dot_v0 - np.minimum(ns, 0).sum(1)
+    scale = n64[ar, w_axis] * sw
     nu, nv = ext[ar, u_axis], ext[ar, v_axis]
     tri_of_col, local = _segments(nu * nv)
-    u = lo[tri_of_col, u_axis[tri_of_col]] + local // nv[tri_of_col]
-    v = lo[tri_of_col, v_axis[tri_of_col]] + local % nv[tri_of_col]
-    wa, ua, va = w_axis[tri_of_col], u_axis[tri_of_col], v_axis[tri_of_col]
-    n64 = n.astype(F64)[tri_of_col]
-    vs64 = vs.astype(F64)
-    nw, nuu, nvv = n64[np.arange(wa.shape[0]), wa], n64[np.arange(wa.shape[0]), ua], n64[np.arange(wa.shape[0]), va]
-    offset = (n64 * tri[tri_of_col, 0].astype(F64)).sum(1) - nuu * u * vs64[ua] - nvv * v * vs64[va]
-    ns = n64 * vs64  # the box [p, p + s] meets the plane iff n_w w s_w - offset is in [-sum max, -sum min]
-    lower = offset - np.maximum(ns, 0).sum(1)
-    upper = offset - np.minimum(ns, 0).sum(1)
-    scale = nw * vs64[wa]
+    nv_c = nv[tri_of_col]
+    du, dv = local // nv_c, local % nv_c
+    u = lo_u[tri_of_col] + du
+    v = lo_v[tri_of_col] + dv
+    plane_uv = nu_t[tri_of_col] * u + nv_t[tri_of_col] * v  # offset = n.v0 - n_u u s_u - n_v v s_v
+    sc = scale[tri_of_col]
     with np.errstate(divide="ignore", invalid="ignore"):
-        a, b = lower / scale, upper / scale
+        a = (base_lower[tri_of_col] - plane_uv) / sc
+        b = (base_upper[tri_of_col] - plane_uv) / sc
     w_lo = np.ceil(np.minimum(a, b) - SLACK)
     w_hi = np.floor(np.maximum(a, b) + SLACK)
     finite = np.isfinite(w_lo) & np.isfinite(w_hi)
-    lo_w = np.where(finite, np.maximum(lo[tri_of_col, wa], np.clip(w_lo, -1, 2**31)), 0).astype(np.int64)
-    hi_w = np.where(finite, np.minimum(hi[tri_of_col, wa], np.clip(w_hi + 1, -1, 2**31)), 0).astype(np.int64)
+    lo_w = np.where(finite, np.maximum(lo_w_t[tri_of_col], np.clip(w_lo, -1, 2**31)), 0).astype(np.int64)
+    hi_w = np.where(finite, np.minimum(hi_w_t[tri_of_col], np.clip(w_hi + 1, -1, 2**31)), 0).astype(np.int64)
     col_of_cand, local = _segments(np.maximum(hi_w - lo_w, 0))
+    t = tri_of_col[col_of_cand]
     xyz = np.empty((col_of_cand.shape[0], 3), dtype=np.int64)
     rows = np.arange(col_of_cand.shape[0])
-    xyz[rows, wa[col_of_cand]] = lo_w[col_of_cand] + local
-    xyz[rows, ua[col_of_cand]] = u[col_of_cand]
-    xyz[rows, va[col_of_cand]] = v[col_of_cand]
+    xyz[rows, w_axis[t]] = lo_w[col_of_cand] + local
+    xyz[rows, u_axis[t]] = u[col_of_cand]
+    xyz[rows, v_axis[t]] = v[col_of_cand]
     return tri_of_col[col_of_cand], xyz
 
 
@@ -334,7 +360,7 @@ def mesh_to_flexible_dual_grid(
     order = np.argsort(tri_id, kind="stable")
     axis, base, point, tri_id = axis[order], base[order], point[order], tri_id[order]
     a0, a1 = (axis + 1) % 3, (axis + 2) % 3
-    base_key = base @ stride
+    base_key = flat_keys(base, stride)
     corner_keys = np.stack(
         [base_key + dx * stride[a0] + dy * stride[a1] for dx, dy in ((0, 0), (0, 1), (1, 0), (1, 1))], axis=1
     ).reshape(-1)  # [4C]: per crossing, the official (dx, dy) loop order
@@ -367,7 +393,7 @@ def mesh_to_flexible_dual_grid(
             t_local, xyz = _face_candidates(tri[part], normals[part], vs, res)
             t = part[t_local]
             ok = _face_test(setup, t, xyz, vs)
-            rows = _lookup(keys, xyz[ok] @ stride)
+            rows = _lookup(keys, flat_keys(xyz[ok], stride))
             hit = rows >= 0
             face_vox.append(rows[hit])
             face_src.append(t[ok][hit])
@@ -382,7 +408,7 @@ def mesh_to_flexible_dual_grid(
         inside = ((cell >= 0) & (cell < np.asarray(res))).all(axis=1)
         seg, cell = seg[inside], cell[inside]
         order = np.argsort(seg, kind="stable")
-        rows = _lookup(keys, cell[order] @ stride)
+        rows = _lookup(keys, flat_keys(cell[order], stride))
         hit = rows >= 0
         line_vox, line_src = rows[hit], seg[order][hit] + plane_q.shape[0]
 

@@ -8,6 +8,7 @@ import bpy
 
 from tests.conftest import draw_object
 
+
 def picture(folder: Path, name: str = "object.png", **kwargs) -> Path:
     path = folder / name
     draw_object(**kwargs).save(path)
