@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine import config as cfg
-from engine.errors import Cancelled, EngineInputError
+from engine.errors import Cancelled, EngineError, EngineInputError
 from engine.pipeline import CancelToken, GenerationSettings, Trellis2Pipeline
 from engine.runtime import Runtime
 from tests.conftest import draw_object
@@ -132,3 +132,19 @@ def test_bad_settings_are_clear_errors():
         GenerationSettings(seed=-1)
     with pytest.raises(EngineInputError, match="multi_image_mode"):
         GenerationSettings(multi_image_mode="vote")
+
+
+def test_out_of_memory_says_what_to_do_and_the_pipeline_recovers(pipe, object_image):
+    flow = pipe.models.get(cfg.SS_FLOW)
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    handle = flow.register_forward_pre_hook(exhausted)
+    try:
+        with pytest.raises(EngineError, match="low-VRAM") as err:
+            pipe.run([object_image], GenerationSettings(pipeline_type="512", seed=2))
+        assert "lower resolution" in str(err.value)
+    finally:
+        handle.remove()
+    assert len(pipe.run([object_image], GenerationSettings(pipeline_type="512", seed=2)).asset.faces) > 0
