@@ -5,6 +5,10 @@
     api.regenerate(obj, 1536)          # same object, new mesh and material; early stages reused
     api.relight(obj, "SKY")            # procedural world + turntable camera
 
+    item = bpy.context.scene.trellis2.images[0]
+    api.preview_matte(item)            # "<image> (matte)": the background-removal cut-out, to look at
+    api.keep_matte(item)               # Generate now uses the cut-out (no remover call); or api.discard_matte(item)
+
 Three layers, so that a job can run the middle one on its worker thread:
 `make_request` (main thread: read and check the inputs) -> `work.generate` (engine; no Blender data) ->
 `add_result` / `replace_result` (main thread: Blender data, all or nothing).
@@ -34,11 +38,15 @@ __all__ = [
     "ModelOptions",
     "Request",
     "add_result",
+    "discard_matte",
     "find_result",
     "generate",
     "generate_job",
+    "keep_matte",
     "make_request",
     "model_options",
+    "preview_matte",
+    "preview_matte_job",
     "regenerate",
     "regenerate_job",
     "relight",
@@ -50,7 +58,8 @@ __all__ = [
 
 
 def model_options(context=None) -> ModelOptions:
-    """Model source, cache, token, device and memory mode from the add-on preferences (defaults if disabled)."""
+    """Model source, cache, token, device, memory mode and background removal from the add-on preferences
+    (defaults if disabled)."""
     from . import preferences
 
     prefs = preferences.get_prefs(context)
@@ -71,7 +80,17 @@ def model_options(context=None) -> ModelOptions:
         token=prefs.hf_token.strip() or None,
         device=prefs.device.lower(),
         memory=prefs.memory_mode.lower(),
+        remove_background=prefs.remove_background,
+        remover_source=_remover_source(prefs.remover_source),
     )
+
+
+def _remover_source(text: str) -> str:
+    """A repo id as typed, or a folder (Blender's "//" relative paths resolved); empty means the default."""
+    text = text.strip()
+    if not text:
+        return work.DEFAULT_REMOVER
+    return bpy.path.abspath(text) if text.startswith("//") else text
 
 
 def read_image(item: Any):
@@ -164,13 +183,43 @@ def make_request(
     )
 
 
+def _has_transparency(picture) -> bool:
+    """The engine's rule (some alpha below 255), for the modes `image_to_pil` makes."""
+    return picture.mode == "RGBA" and picture.getchannel("A").getextrema()[0] < 255
+
+
+def item_image(item) -> bpy.types.Image | None:
+    """The picture Generate uses for an image-list row: the kept cut-out, else the image itself.
+
+    A discarded matte means the person rejected what background removal makes of this picture, so it is
+    not run again behind their back: the picture must carry its own transparency.
+    """
+    image = item.image
+    if image is None:
+        return None
+    if item.matte_choice == "KEPT":
+        if item.matte is None:
+            raise AddonError(
+                f"The kept matte of '{image.name}' is gone (deleted?). Press Preview Matte again and Keep it, "
+                "or Discard to go back to the picture itself."
+            )
+        return item.matte
+    if item.matte_choice == "DISCARDED" and not _has_transparency(image_to_pil(image)):
+        raise AddonError(
+            f"You discarded the background matte of '{image.name}'. Choose another picture in its row, give this "
+            "one transparency (an alpha channel around the object), or press Preview Matte again and Keep it."
+        )
+    return image
+
+
 def request_from_scene(context) -> Request:
     """The request the panel describes (its images and settings); a fresh seed first if Randomize is on."""
     s = context.scene.trellis2
     if s.randomize_seed:
         s.seed = random.randrange(2**31)
+    rows = [item for item in s.images if item.image is not None]
     return make_request(
-        [item.image for item in s.images if item.image is not None],
+        [item_image(item) for item in rows],
         resolution=int(s.resolution),
         seed=s.seed,
         samplers={k: v for k, v in s.sampler_overrides().items() if v},
@@ -179,7 +228,90 @@ def request_from_scene(context) -> Request:
         texture_size=int(s.texture_size),
         object_size=s.object_size,
         model=model_options(context),
+        name=_image_name(rows[0].image) if rows else None,
     )
+
+
+# ------------------------------------------------------------------------------------ matte preview
+
+
+def store_matte(item, cut_out) -> bpy.types.Image:
+    """The RGBA cut-out as the Blender image `<image name> (matte)`, packed into the .blend, on `item`.
+
+    A matte this row already has is overwritten in place (same image, same name); no other image is touched.
+    """
+    width, height = cut_out.size
+    image = item.matte
+    created = image is None
+    if created:
+        image = bpy.data.images.new(f"{item.image.name} (matte)", width, height, alpha=True)
+    try:
+        if tuple(image.size) != (width, height):
+            image.scale(width, height)
+        pixels = np.asarray(cut_out.convert("RGBA"), dtype=np.float32)[::-1] / 255.0  # Blender: bottom row first
+        image.pixels.foreach_set(pixels.ravel())
+        image.pack()
+    except BaseException:
+        if created:
+            bpy.data.images.remove(image)
+        raise
+    item.matte = image
+    item.matte_choice = "PREVIEW"
+    return image
+
+
+def _matte_inputs(item, model: ModelOptions | None):
+    if item is None or item.image is None:
+        raise AddonError("Choose an image in the TRELLIS.2 list first, then press Preview Matte.")
+    return read_image(item.image), model or model_options()
+
+
+def _find_item(scene_name: str, image_name: str):
+    scene = bpy.data.scenes.get(scene_name)
+    rows = scene.trellis2.images if scene is not None else ()
+    item = next((row for row in rows if row.image is not None and row.image.name == image_name), None)
+    if item is None:
+        raise AddonError(
+            f"'{image_name}' left the TRELLIS.2 image list while its matte was being made; nothing was changed."
+        )
+    return item
+
+
+def preview_matte(item, *, model: ModelOptions | None = None, on_progress=None, cancel=None) -> bpy.types.Image:
+    """Run background removal on an image-list row and store the cut-out as `<image name> (matte)`."""
+    _idle()
+    picture, model = _matte_inputs(item, model)
+    return store_matte(item, work.cut_out(picture, model, on_progress, cancel))
+
+
+def preview_matte_job(item, model: ModelOptions | None = None) -> jobs.Job:
+    """`preview_matte` as a job: the remover on the worker, the image made in the pump (the row looked up again)."""
+    picture, model = _matte_inputs(item, model)
+    scene_name, image_name = item.id_data.name, item.image.name
+    return jobs.Job(
+        "Preview matte",
+        lambda progress, cancelled: work.cut_out(picture, model, progress, cancelled),
+        lambda cut_out: store_matte(_find_item(scene_name, image_name), cut_out).name,
+        work.explain,
+    )
+
+
+def keep_matte(item) -> bpy.types.Image:
+    """Generate uses the row's cut-out from now on (with any edits made to it); no remover runs for it."""
+    if item.matte is None:
+        raise AddonError("There is no matte to keep: press Preview Matte first.")
+    item.matte_choice = "KEPT"
+    return item.matte
+
+
+def discard_matte(item) -> None:
+    """Reject the row's matte: its preview image is deleted (unless something else uses it) and Generate will
+    not remove this picture's background; choose another picture, or preview again."""
+    matte = item.matte
+    item.matte = None
+    item.matte_choice = "DISCARDED"
+    if matte is not None and matte.users == 0:
+        bpy.data.images.remove(matte)
 
 
 # ------------------------------------------------------------------------------------ Blender data

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PUMP_INTERVAL = 0.1  # seconds between pumps while a job runs
 STAGE_LABELS = {
     "download": "Downloading weights (MB)",
+    "background_removal": "Background removal",
     "sparse_structure": "Sparse structure",
     "shape": "Shape",
     "shape_512": "Shape 512",

@@ -105,6 +105,63 @@ class TRELLIS2_OT_regenerate(_JobOperator, Operator):
         )
 
 
+def active_item(context):
+    """The selected row of the TRELLIS.2 image list, or None."""
+    s = context.scene.trellis2
+    return s.images[s.active_image] if 0 <= s.active_image < len(s.images) else None
+
+
+class TRELLIS2_OT_preview_matte(_JobOperator, Operator):
+    """Cut the object out of the selected picture now (background removal), to look at before generating"""
+
+    bl_idname = "trellis2.preview_matte"
+    bl_label = "Preview Matte"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        item = active_item(context)
+        return item is not None and item.image is not None
+
+    def make_job(self, context) -> jobs.Job:
+        return api.preview_matte_job(active_item(context), api.model_options(context))
+
+
+class TRELLIS2_OT_keep_matte(Operator):
+    """Generate with this cut-out (as it is now, or after editing it in the Image Editor); no remover runs"""
+
+    bl_idname = "trellis2.keep_matte"
+    bl_label = "Keep"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        item = active_item(context)
+        return item is not None and item.matte is not None
+
+    def execute(self, context):
+        matte = api.keep_matte(active_item(context))
+        self.report({"INFO"}, f"Generate will use '{matte.name}'")
+        return {"FINISHED"}
+
+
+class TRELLIS2_OT_discard_matte(Operator):
+    """Reject this matte: its image is deleted; choose another picture or give this one transparency"""
+
+    bl_idname = "trellis2.discard_matte"
+    bl_label = "Discard"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        item = active_item(context)
+        return item is not None and (item.matte is not None or item.matte_choice == "KEPT")
+
+    def execute(self, context):
+        api.discard_matte(active_item(context))
+        return {"FINISHED"}
+
+
 class TRELLIS2_OT_cancel(Operator):
     """Stop the running generation at the next sampler step; nothing is added"""
 
@@ -230,6 +287,9 @@ class TRELLIS2_FH_images(bpy.types.FileHandler):
 classes = (
     TRELLIS2_OT_generate,
     TRELLIS2_OT_regenerate,
+    TRELLIS2_OT_preview_matte,
+    TRELLIS2_OT_keep_matte,
+    TRELLIS2_OT_discard_matte,
     TRELLIS2_OT_cancel,
     TRELLIS2_OT_relight,
     TRELLIS2_OT_add_images,

@@ -1,5 +1,6 @@
-"""The "TRELLIS.2" tab of the 3D viewport sidebar: images, settings, Generate/Cancel with progress,
-and, for a selected result, Regenerate at 1024 / 1536 and Relight. Drawing reads state, never changes it.
+"""The "TRELLIS.2" tab of the 3D viewport sidebar: images (with a background-matte preview), settings,
+Generate/Cancel with progress, and, for a selected result, Regenerate at 1024 / 1536 and Relight. Drawing
+reads state, never changes it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,28 @@ def draw_job(layout, job: jobs.Job) -> None:
     col.operator("trellis2.cancel", icon="CANCEL")
 
 
+MATTE_NOTES = {
+    "AUTO": "No transparency? Generate removes the background",
+    "PREVIEW": "Matte preview: Keep it, or Discard it",
+    "KEPT": "Generate uses this cut-out (edit it in the Image Editor)",
+    "DISCARDED": "Matte discarded: choose another picture or preview again",
+}
+
+
+def draw_matte(layout, item, busy: bool) -> None:
+    """The active picture's thumbnail (its cut-out once previewed) and the matte buttons."""
+    shown = item.matte if item.matte is not None and item.matte_choice in ("PREVIEW", "KEPT") else item.image
+    layout.template_icon(icon_value=shown.preview_ensure().icon_id, scale=6.0)
+    layout.label(text=MATTE_NOTES[item.matte_choice], icon="CHECKMARK" if item.matte_choice == "KEPT" else "INFO")
+    row = layout.row(align=True)
+    row.enabled = not busy
+    row.operator("trellis2.preview_matte", icon="IMAGE_RGB_ALPHA")
+    if item.matte_choice == "PREVIEW":
+        row.operator("trellis2.keep_matte", icon="CHECKMARK")
+    if item.matte is not None or item.matte_choice == "KEPT":
+        row.operator("trellis2.discard_matte", icon="TRASH")
+
+
 class TRELLIS2_PT_generate(_Sidebar, Panel):
     bl_label = "Image to 3D"
 
@@ -46,7 +69,7 @@ class TRELLIS2_PT_generate(_Sidebar, Panel):
         col.operator("trellis2.add_images", text="", icon="ADD")
         col.operator("trellis2.remove_image", text="", icon="REMOVE")
         if 0 <= s.active_image < len(s.images) and s.images[s.active_image].image is not None:
-            layout.template_icon(icon_value=s.images[s.active_image].image.preview_ensure().icon_id, scale=6.0)
+            draw_matte(layout, s.images[s.active_image], busy=jobs.current() is not None)
 
         layout.prop(s, "resolution", expand=True)
         row = layout.row(align=True)

@@ -16,6 +16,7 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 from bpy.types import AddonPreferences, Operator
 
 from . import runtime_install as ri
+from .work import DEFAULT_REMOVER
 
 ADDON = __package__
 DEFAULT_REPO = "microsoft/TRELLIS.2-4B"
@@ -372,6 +373,21 @@ class TRELLIS2_AddonPreferences(AddonPreferences):
         default="LOW_VRAM",
     )
 
+    # Background removal (images without transparency).
+    remove_background: BoolProperty(
+        name="Background Removal",
+        description="Cut the object out of pictures without transparency (BiRefNet); images with alpha keep theirs",
+        default=True,
+    )
+    remover_source: StringProperty(
+        name="Remover",
+        description=(
+            f"Hugging Face repo id or a folder with model.safetensors. {DEFAULT_REMOVER} is MIT-licensed and open; "
+            "briaai/RMBG-2.0 is gated and non-commercial: type its id only after accepting its licence"
+        ),
+        default=DEFAULT_REMOVER,
+    )
+
     def draw(self, context):
         layout = self.layout
         draw_status(layout.box(), self)
@@ -389,6 +405,17 @@ class TRELLIS2_AddonPreferences(AddonPreferences):
         row = box.row()
         row.prop(self, "device")
         row.prop(self, "memory_mode")
+        box = layout.box()
+        box.prop(self, "remove_background")
+        col = box.column()
+        col.enabled = self.remove_background
+        col.prop(self, "remover_source")
+        if "RMBG" in self.remover_source.upper():
+            col.label(text="RMBG-2.0: gated, CC BY-NC 4.0 (non-commercial); needs a Hugging Face token.", icon="INFO")
+            if self.model_source != "HF":
+                col.prop(self, "hf_token")
+        else:
+            col.label(text=f"Default: {DEFAULT_REMOVER} (MIT). Images with transparency never use it.")
 
 
 def draw_status(box, prefs) -> None:

@@ -29,8 +29,29 @@ STAGES = ("sparse_structure", "shape", "texture")
 STEPS_DEFAULT, GUIDANCE_DEFAULT = 12, {"sparse_structure": 7.5, "shape": 7.5, "texture": 1.0}
 
 
+MATTE_CHOICES = (
+    ("AUTO", "Automatic", "No preview: Generate removes the background if the image has no transparency"),
+    ("PREVIEW", "Previewed", "A matte was made; Keep it or Discard it (until then Generate works as Automatic)"),
+    ("KEPT", "Kept", "Generate uses the cut-out image (edit it in the Image Editor if you like); no remover runs"),
+    ("DISCARDED", "Discarded", "Rejected: choose another image, give this one transparency, or preview again"),
+)
+
+
+def _image_changed(self, context) -> None:
+    """Another picture in the row: the matte of the old one does not apply (its image stays in the .blend)."""
+    if self.matte is not None or self.matte_choice != "AUTO":
+        self.matte = None
+        self.matte_choice = "AUTO"
+
+
 class TRELLIS2_PG_image(PropertyGroup):
-    image: PointerProperty(name="Image", type=bpy.types.Image, description="A reference picture of the object")
+    """One reference picture, and the choice made about its background matte (Preview Matte, Keep, Discard)."""
+
+    image: PointerProperty(
+        name="Image", type=bpy.types.Image, description="A reference picture of the object", update=_image_changed
+    )
+    matte: PointerProperty(name="Matte", type=bpy.types.Image, description="The cut-out made by Preview Matte")
+    matte_choice: EnumProperty(name="Matte", items=MATTE_CHOICES, default="AUTO")
 
 
 def _steps(stage: str) -> IntProperty:

@@ -4,7 +4,8 @@ Nothing here imports bpy, so it is safe on jobs.py's worker thread and testable 
 calls the same functions synchronously for scripts. The engine (and torch) are imported inside the
 functions: registering the add-on must not import them.
 
-Two caches live for the Blender session: the loaded pipeline (one at a time: a model holds gigabytes)
+Three caches live for the Blender session: the loaded pipeline (one at a time: a model holds gigabytes),
+the loaded background remover (one at a time, loaded only when an image without transparency needs it),
 and recent `Generation`s by id, which an object's record points to so "Regenerate at 1536" can reuse
 the conditioning and the sparse structure.
 """
@@ -23,6 +24,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_REPO = "microsoft/TRELLIS.2-4B"
+DEFAULT_REMOVER = "ZhengPeng7/BiRefNet"  # MIT, not gated; "briaai/RMBG-2.0" (gated, non-commercial) is an opt-in
 MAX_REMEMBERED = 8  # generations kept for regenerate (each holds its conditioning tokens and latents)
 PNG_LEVEL = 1  # zlib level: maps are large and encoding runs on every generation; the .blend pays a little
 
@@ -44,9 +46,14 @@ class ModelOptions:
     device: str = "auto"  # auto | cuda | mps | cpu
     memory: str = "low_vram"  # low_vram | fast
     offline: bool = False
+    remove_background: bool = True  # images without transparency get a matte from the remover
+    remover_source: str = DEFAULT_REMOVER  # Hugging Face repo id or a folder holding model.safetensors
 
     def key(self) -> tuple:
         return (self.source, self.cache_dir, self.device, self.memory, self.offline)
+
+    def remover_key(self) -> tuple:
+        return (self.remover_source, self.cache_dir, self.device, self.offline)
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,19 @@ class Result:
 # ------------------------------------------------------------------------------------------------ caches
 
 _pipelines: dict[tuple, Any] = {}
+_removers: dict[tuple, Any] = {}
 _generations: OrderedDict[str, Any] = OrderedDict()
+
+
+def _runtime(model: ModelOptions):
+    from engine.runtime import Runtime
+
+    try:
+        return Runtime.auto(model.device)
+    except ValueError as exc:
+        from engine.errors import EngineError
+
+        raise EngineError(f"{exc}. Choose another Device in the TRELLIS.2 add-on preferences.") from exc
 
 
 def pipeline(model: ModelOptions, on_progress: Progress | None = None):
@@ -125,18 +144,12 @@ def pipeline(model: ModelOptions, on_progress: Progress | None = None):
         return _pipelines[key]
     from engine.hub import HubOptions
     from engine.pipeline import Trellis2Pipeline
-    from engine.runtime import Runtime
 
     def on_download(p) -> None:
         if on_progress is not None and p.overall_total:
             on_progress("download", int(p.overall_done // 1_000_000), max(1, int(p.overall_total // 1_000_000)))
 
-    try:
-        runtime = Runtime.auto(model.device)
-    except ValueError as exc:
-        from engine.errors import EngineError
-
-        raise EngineError(f"{exc}. Choose another Device in the TRELLIS.2 add-on preferences.") from exc
+    runtime = _runtime(model)
     options = HubOptions(cache_dir=model.cache_dir, token=model.token or None, offline=model.offline)
     loaded = Trellis2Pipeline.from_pretrained(
         model.source, runtime=runtime, memory=model.memory, options=options, on_download=on_download
@@ -148,6 +161,89 @@ def pipeline(model: ModelOptions, on_progress: Progress | None = None):
 
 def forget_pipelines() -> None:
     _pipelines.clear()
+
+
+def load_remover(model: ModelOptions):
+    """The one place background-removal weights are loaded: BiRefNet from `model.remover_source`, on the
+    pipeline's device, with the token, cache folder and offline choice of the model. Tests replace this
+    function (monkeypatch) with a stand-in that returns any `engine.background.BackgroundRemover`."""
+    from engine.background.remover import BiRefNetRemover
+
+    return BiRefNetRemover.from_pretrained(
+        model.remover_source,
+        device=_runtime(model).device,
+        token=model.token or None,
+        local_files_only=model.offline,
+        cache_dir=model.cache_dir,
+    )
+
+
+def remover(model: ModelOptions):
+    """The loaded background remover for `model` (loading or downloading it the first time)."""
+    key = model.remover_key()
+    if key not in _removers:
+        loaded = load_remover(model)
+        _removers.clear()  # one remover in memory at a time
+        _removers[key] = loaded
+    return _removers[key]
+
+
+def forget_removers() -> None:
+    _removers.clear()
+
+
+REMOVAL_OFF = (
+    "This image has no transparency and Background Removal is off (Preferences > Add-ons > TRELLIS.2). "
+    "Turn Background Removal on, or supply an image with transparency (an alpha channel around the object), "
+    "or use Preview Matte in the panel and Keep the cut-out."
+)
+
+
+class OnDemandRemover:
+    """What the pipeline gets as its remover: loads the real one only when an image without transparency
+    reaches it (images with their own alpha never do), and shows the step as "background removal".
+    With removal off in Preferences it says how to go on instead."""
+
+    def __init__(self, model: ModelOptions, on_progress: Progress | None = None) -> None:
+        self.model, self.on_progress = model, on_progress
+        self.name = f"Background removal ({model.remover_source})"
+
+    def remove(self, image):
+        if not self.model.remove_background:
+            raise AddonError(REMOVAL_OFF)
+        if self.on_progress is not None:
+            self.on_progress("background_removal", 0, 1)
+        matte = remover(self.model).remove(image)
+        if self.on_progress is not None:
+            self.on_progress("background_removal", 1, 1)
+        return matte
+
+
+def cut_out(image, model: ModelOptions, on_progress: Progress | None = None, cancel: CancelCheck | None = None):
+    """PIL image -> RGBA cut-out (the remover's matte as alpha), for the panel's matte preview.
+
+    Refuses an image that already has transparency (generation uses its own alpha, no matte needed) and a
+    matte that finds no object or no background, with the engine's messages.
+    """
+    from engine.background import ensure_alpha, needs_matte
+    from engine.conditioning.preprocess import as_rgb_or_rgba, load_image
+    from engine.errors import Cancelled
+
+    image = as_rgb_or_rgba(load_image(image))
+    if not needs_matte(image):
+        raise AddonError(
+            "This image already has transparency: Generate uses its own alpha and never removes its background. "
+            "To preview a matte, use a picture without an alpha channel."
+        )
+    if on_progress is not None:
+        on_progress("background_removal", 0, 1)
+    loaded = remover(model)
+    if cancel is not None and cancel():
+        raise Cancelled("cancelled")
+    rgba = ensure_alpha(image.convert("RGB"), loaded)  # checks the matte: an object and a background found
+    if on_progress is not None:
+        on_progress("background_removal", 1, 1)
+    return rgba
 
 
 def remember(generation) -> str:
@@ -173,6 +269,7 @@ def recall(gid: str):
 def generate(request: Request, on_progress: Progress | None = None, cancel: CancelCheck | None = None) -> Result:
     """Images -> engine `Generation` -> `FinishedAsset` -> encoded maps."""
     pipe = pipeline(request.model, on_progress)
+    pipe.remover = OnDemandRemover(request.model, on_progress)
     generation = pipe.run(list(request.images), request.settings(), on_progress=on_progress, cancel=cancel)
     return _finish(generation, request, on_progress, cancel)
 
