@@ -138,9 +138,9 @@ def from_mesh(
     dropped = int((~keep).sum())
     if dropped:
         log.info("dropped %d zero-area faces of %d", dropped, keep.size)
-    coords, dual, flags = mesh_to_flexible_dual_grid(
+    coords, dual, flags, pairs = mesh_to_flexible_dual_grid(
         v, f, r, aabb, face_weight=face_weight, boundary_weight=boundary_weight,
-        regularization_weight=regularization_weight,
+        regularization_weight=regularization_weight, return_pairs=True,
     )  # fmt: skip
     if coords.shape[0] == 0:
         raise EngineInputError(
@@ -154,7 +154,7 @@ def from_mesh(
         from engine.ovoxel.attributes import voxel_attributes
 
         material = material.subset(keep) if dropped else material
-        ovoxel.attrs, ovoxel.layout = voxel_attributes(v, f, material, coords, r, box)
+        ovoxel.attrs, ovoxel.layout = voxel_attributes(v, f, material, coords, r, box, pairs=pairs)
     return ovoxel
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from engine.errors import EngineInputError
-from engine.ovoxel.voxelize import edge_crossings, flat_keys
 
 F32 = np.float32
 ALPHA_MODES = ("OPAQUE", "MASK", "BLEND")
@@ -100,11 +99,17 @@ class _Texture:
         x0 = x0.astype(np.int64) % w
         y0 = y0.astype(np.int64) % h
         x1, y1 = (x0 + 1) % w, (y0 + 1) % h
+        row0, row1 = y0 * w, y1 * w
+        flat = img.reshape(h * w, -1)  # texel rows: a 1-D take is far cheaper than 2-D fancy indexing
+
+        def texel(index: np.ndarray) -> np.ndarray:
+            return np.take(flat, index, axis=0)
+
         return (
-            (1 - wx) * (1 - wy) * img[y0, x0]
-            + wx * (1 - wy) * img[y0, x1]
-            + (1 - wx) * wy * img[y1, x0]
-            + (wx * wy * img[y1, x1])
+            (1 - wx) * (1 - wy) * texel(row0 + x0)
+            + wx * (1 - wy) * texel(row0 + x1)
+            + (1 - wx) * wy * texel(row1 + x0)
+            + (wx * wy * texel(row1 + x1))
         )
 
     def sample(self, uv: np.ndarray, footprint: np.ndarray, offset: float) -> np.ndarray:
@@ -138,8 +143,13 @@ def _footprints(tri: np.ndarray, tri_uv: np.ndarray, voxel_size: np.ndarray) -> 
     return np.where(np.abs(det) < 1e-6, np.max(voxel_size) / 1e6, fp).astype(F32)
 
 
-def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray, resolution: int, aabb):
-    """float32 [N, 6] PBR attributes for the sorted geometry voxels `coords`, and their layout."""
+def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray, resolution: int, aabb, pairs):
+    """float32 [N, 6] PBR attributes for the sorted geometry voxels `coords`, and their layout.
+
+    `pairs`: the geometry scan's distinct (triangle, voxel) pairs, sorted by triangle then voxel
+    (`mesh_to_flexible_dual_grid(..., return_pairs=True)`): the 4 voxels around each grid edge a
+    triangle crosses, once per triangle.
+    """
     box = np.asarray(aabb, dtype=F32).reshape(2, 3)
     res = (int(resolution),) * 3
     vs = ((box[1] - box[0]) / np.asarray(res, dtype=np.int32)).astype(F32)
@@ -161,16 +171,8 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
     tri_col = _per_corner(textured.vertex_colors, faces, verts.shape[0], (3, 4), "vertex_colors")
     tri = verts[faces]
 
-    # (triangle, voxel) pairs: the geometry scan's 4 voxels per crossing, deduplicated per triangle
-    axis, base, _, tri_id = edge_crossings(tri, vs, res)
-    stride = np.array([res[1] * res[2], res[2], 1], dtype=np.int64)
-    a0, a1 = (axis + 1) % 3, (axis + 2) % 3
-    keys = flat_keys(base, stride)
-    corner = np.concatenate([keys + dx * stride[a0] + dy * stride[a1] for dx, dy in ((0, 0), (0, 1), (1, 0), (1, 1))])
-    voxel_keys = flat_keys(coords, stride)
-    vox = np.searchsorted(voxel_keys, corner)
-    pair = np.unique(np.tile(tri_id, 4) * voxel_keys.size + vox)
-    pair_tri, pair_vox = pair // voxel_keys.size, pair % voxel_keys.size
+    n_vox = coords.shape[0]
+    pair_tri, pair_vox = pairs
 
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     n = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
@@ -182,15 +184,15 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
         if m.metallic_roughness_texture is not None:
             textures[("mr", i)] = _Texture(m.metallic_roughness_texture)
 
-    total = np.zeros(voxel_keys.size)
-    acc = np.zeros((voxel_keys.size, 6))
-    for start in range(0, pair.size, PAIR_CHUNK):
+    total = np.zeros(n_vox)
+    acc = np.zeros((n_vox, 6))
+    for start in range(0, pair_tri.size, PAIR_CHUNK):
         t = pair_tri[start : start + PAIR_CHUNK]
         v = pair_vox[start : start + PAIR_CHUNK]
-        centre = (coords[v].astype(F32) + F32(0.5)) * vs
-        bary, dist = _project(centre, tri[t], n[t])
+        centre = (np.take(coords, v, axis=0).astype(F32) + F32(0.5)) * vs
+        bary, dist = _project(centre, np.take(tri, t, axis=0), np.take(n, t, axis=0))
         weight = 1 - dist
-        corner_uv = tri_uv[t]  # [P, 3, 2]
+        corner_uv = np.take(tri_uv, t, axis=0)  # [P, 3, 2]
         uv = (
             bary[:, 0, None] * corner_uv[:, 0] + bary[:, 1, None] * corner_uv[:, 1] + bary[:, 2, None] * corner_uv[:, 2]
         )
@@ -205,9 +207,9 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
             values[:, 0:3] *= col[:, :3]
             if col.shape[1] == 4:
                 values[:, 5] *= col[:, 3]
-        total += np.bincount(v, weights=weight, minlength=voxel_keys.size)
+        total += np.bincount(v, weights=weight, minlength=n_vox)
         for c in range(6):
-            acc[:, c] += np.bincount(v, weights=weight * values[:, c], minlength=voxel_keys.size)
+            acc[:, c] += np.bincount(v, weights=weight * values[:, c], minlength=n_vox)
     with np.errstate(divide="ignore", invalid="ignore"):
         attrs = np.where(total[:, None] != 0, acc / total[:, None], 0.0)
     return attrs.astype(F32), dict(LAYOUT)

@@ -144,15 +144,29 @@ def solve_in_boxes(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     of the 6 face, 12 edge and 8 corner candidates, in the official enumeration order.
     """
     q, lo, hi = q.astype(F32), lo.astype(F32), hi.astype(F32)
-    x = colpiv_qr_solve(q[:, :3, :3], -q[:, :3, 3])
-    inside = ((x >= lo) & (x <= hi)).all(axis=1)
-    idx = np.flatnonzero(~inside)
-    if idx.size == 0:
-        return x
-    q, lo, hi = q[idx], lo[idx], hi[idx]
-    m = idx.size
+    x = free_minimisers(q)
+    idx = np.flatnonzero(~inside_boxes(x, lo, hi))
+    if idx.size:
+        x[idx] = solve_on_box_surfaces(q[idx], lo[idx], hi[idx], x[idx])
+    return x
+
+
+def free_minimisers(q: np.ndarray) -> np.ndarray:
+    """float32 [M, 3]: the unconstrained minimiser of each quadric [M, 4, 4] (Eigen's QR solve)."""
+    return colpiv_qr_solve(q[:, :3, :3], -q[:, :3, 3])
+
+
+def inside_boxes(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """bool [M]: x [M, 3] lies in its box, bounds included."""
+    return ((x >= lo) & (x <= hi)).all(axis=1)
+
+
+def solve_on_box_surfaces(q: np.ndarray, lo: np.ndarray, hi: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """float32 [M, 3]: the best of the face, edge and corner candidates of each box, for quadrics whose
+    free minimiser `free` lies outside it (kept where no candidate has a finite energy)."""
+    m = q.shape[0]
     best = np.full(m, np.inf, dtype=F32)
-    best_p = x[idx].copy()
+    best_p = free.astype(F32)  # a copy
 
     def consider(p: np.ndarray, valid: np.ndarray) -> None:
         err = _energy(q, p)
@@ -183,5 +197,4 @@ def solve_in_boxes(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         for cy in (hi, lo):
             for cz in (hi, lo):
                 consider(np.stack([cx[:, 0], cy[:, 1], cz[:, 2]], axis=1), np.ones(m, dtype=bool))
-    x[idx] = best_p
-    return x
+    return best_p

@@ -19,13 +19,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.ovoxel.qef import solve_in_boxes
+from engine.ovoxel.qef import free_minimisers, inside_boxes, solve_on_box_surfaces
 
 F32 = np.float32
 F64 = np.float64
 # Upper-triangle entries of a symmetric 4x4 quadric, in this fixed order.
 QUADRIC_ENTRIES = ((0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (3, 3))
 CHUNK = 1 << 21  # candidates per vectorised block (bounds peak memory)
+VOXEL_BLOCK = 1 << 15  # voxels accumulated and solved together (temporaries of a few MB)
 SLACK = 1e-3  # voxels of margin on the face-test candidate slab (float32 rounding is ~1e-4 at 2048^3)
 
 
@@ -219,13 +220,14 @@ def _face_candidates(tri: np.ndarray, n: np.ndarray, vs: np.ndarray, res: tuple[
 def _face_test(setup: dict, t: np.ndarray, xyz: np.ndarray, vs: np.ndarray) -> np.ndarray:
     """The official overlap test for candidate (triangle t, voxel xyz), in float32 like the C++."""
     p = xyz.astype(F32) * vs[None, :]
-    n = setup["n"][t]
-    ndp = dot3(n, p)
-    ok = (ndp + setup["d1"][t]) * (ndp + setup["d2"][t]) <= 0
+    p = [np.ascontiguousarray(p[:, i]) for i in range(3)]
+    n = np.take(setup["n"], t, axis=0)
+    ndp = n[:, 0] * p[0] + (n[:, 1] * p[1] + n[:, 2] * p[2])  # dot3
+    ok = (ndp + np.take(setup["d1"], t)) * (ndp + np.take(setup["d2"], t)) <= 0
     for name in ("xy", "yz", "zx"):
         for i in range(3):
             a, b, na, nb, d = setup[f"{name}{i}"]
-            ok &= ~((na[t] * p[:, a] + nb[t] * p[:, b]) + d[t] < 0)
+            ok &= ~((np.take(na, t) * p[a] + np.take(nb, t) * p[b]) + np.take(d, t) < 0)
     return ok
 
 
@@ -293,37 +295,105 @@ def _group(index: np.ndarray) -> np.ndarray:
     return torch.sort(key, stable=True).indices.numpy()
 
 
+def _narrow_uint(values: np.ndarray, top: int) -> np.ndarray:
+    """`values` (all in [0, top]) in the narrowest unsigned dtype: numpy's stable argsort radix-sorts those."""
+    for dtype in (np.uint8, np.uint16):
+        if top <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values
+
+
 def sequential_sums(n: int, table: np.ndarray, stages: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """float32 [n, C]: per target row, the rows `table[src]` of its contributions added one at a time,
     stage after stage, in the order given (the official accumulates float32 sums in discovery order,
     and the solve is sensitive to their rounding).
 
-    Each stage is (row [K], src [K]) already grouped by row with the discovery order kept inside a
-    group. Contributions are laid out k-major (the k-th contribution of every row that has one, rows
+    Each stage is (row [K], src [K]) sorted by row (ascending) with the discovery order kept inside a
+    row. Contributions are laid out k-major (the k-th contribution of every row that has one, rows
     sorted by decreasing count), so each of the max-count steps is one contiguous vector add.
+    Callers pass blocks of rows small enough that every temporary stays in cache.
     """
-    acc = np.zeros((n, table.shape[1]), dtype=F32)
     counts = [np.bincount(row, minlength=n) for row, _ in stages]
     total = sum(counts)
-    if n == 0 or total.max() == 0:
-        return acc
-    by_count = np.argsort(-total, kind="stable")  # rank -> row, most contributions first
+    top = int(total.max()) if n else 0
+    if top == 0:
+        return np.zeros((n, table.shape[1]), dtype=F32)
+    by_count = np.argsort(_narrow_uint(top - total, top), kind="stable")  # rank -> row, most contributions first
     rank = np.empty(n, dtype=np.int64)
     rank[by_count] = np.arange(n)
-    alive = np.searchsorted(-total[by_count], -np.arange(total.max()), side="left")  # rows with count > k
+    alive = n - np.cumsum(np.bincount(total, minlength=top))[:top]  # [top]: rows with more than k contributions
     offsets = np.concatenate([[0], np.cumsum(alive)])
-    slot_src = np.empty(int(total.sum()), dtype=np.int64)
+    slot_src = np.empty(int(offsets[-1]), dtype=np.int64)
     before = np.zeros(n, dtype=np.int64)
     for (row, src), count in zip(stages, counts, strict=True):
-        k = before[row] + np.arange(row.size) - (np.cumsum(count) - count)[row]
-        slot_src[offsets[k] + rank[row]] = src
+        k = np.repeat(before - (np.cumsum(count) - count), count) + np.arange(row.size)  # index within its row
+        slot_src[offsets[k] + np.repeat(rank, count)] = src
         before += count
-    layout = torch.from_numpy(table).index_select(0, torch.from_numpy(slot_src)).numpy()  # [K, C]
-    ranked = np.zeros_like(acc)
-    for k in range(alive.size):
+    layout = np.take(table, slot_src, axis=0)  # [K, C]
+    ranked = np.zeros((n, table.shape[1]), dtype=F32)
+    for k in range(top):
         ranked[: alive[k]] += layout[offsets[k] : offsets[k + 1]]
-    acc[by_count] = ranked
-    return acc
+    return np.take(ranked, rank, axis=0)
+
+
+def _rows_in(stage: tuple[np.ndarray, np.ndarray], r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+    """The contributions of a row-sorted stage whose row is in [r0, r1), rows made block-local."""
+    row, src = stage
+    lo, hi = np.searchsorted(row, (r0, r1))
+    return row[lo:hi] - r0, src[lo:hi]
+
+
+def _dual_vertices(
+    coords: np.ndarray,
+    vs: np.ndarray,
+    points: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]],
+    quadrics: tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]],
+    regularization_weight: float,
+) -> np.ndarray:
+    """float32 [N, 3]: accumulate each voxel's crossing points and quadrics, regularise, solve in its box.
+
+    Fused per block of voxels (every stage is sorted by voxel row), so the temporaries stay small: large
+    fresh arrays cost more in page faults than in arithmetic."""
+    n_vox = coords.shape[0]
+    point_table, point_stage = points
+    quadric_table, quadric_stages = quadrics
+    count = np.bincount(point_stage[0], minlength=n_vox).astype(F32)
+    dual = np.empty((n_vox, 3), dtype=F32)
+    outside = []
+    for r0 in range(0, n_vox, VOXEL_BLOCK):
+        r1 = min(r0 + VOXEL_BLOCK, n_vox)
+        m = r1 - r0
+        sums = sequential_sums(m, point_table, [_rows_in(point_stage, r0, r1)])
+        quadric = sequential_sums(m, quadric_table, [_rows_in(s, r0, r1) for s in quadric_stages])
+        q = np.empty((m, 4, 4), dtype=F32)
+        for k, (i, j) in enumerate(QUADRIC_ENTRIES):
+            q[:, i, j] = q[:, j, i] = quadric[:, k]
+        if regularization_weight > 0:
+            c = count[r0:r1]
+            mean = sums / c[:, None]
+            w = F32(regularization_weight) * c
+            for i in range(3):
+                q[:, i, i] += w
+                q[:, i, 3] += w * -mean[:, i]
+                q[:, 3, i] += w * -mean[:, i]
+            q[:, 3, 3] += w * dot3(mean, mean)
+        lo = coords[r0:r1].astype(F32) * vs
+        hi = (coords[r0:r1] + 1).astype(F32) * vs
+        x = free_minimisers(q)
+        dual[r0:r1] = x
+        out = np.flatnonzero(~inside_boxes(x, lo, hi))  # few: their box search runs once for all blocks
+        outside.append((out + r0, q[out], lo[out], hi[out]))
+    rows, q, lo, hi = (np.concatenate(parts) for parts in zip(*outside, strict=True))
+    if rows.size:
+        dual[rows] = solve_on_box_surfaces(q, lo, hi, dual[rows])
+    return dual
+
+
+def unique_pairs(tri: np.ndarray, vox: np.ndarray, n_vox: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (triangle, voxel) pairs of the scan, sorted by triangle then voxel: ([P], [P])."""
+    key = np.sort(tri.astype(np.int64) * n_vox + vox)
+    key = key[np.concatenate([[True], key[1:] != key[:-1]])]
+    return key // n_vox, key % n_vox
 
 
 def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -340,11 +410,14 @@ def mesh_to_flexible_dual_grid(
     face_weight: float = 1.0,
     boundary_weight: float = 0.2,
     regularization_weight: float = 0.01,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return_pairs: bool = False,
+) -> tuple:
     """Voxelise a triangle soup (inputs assumed valid; `engine.ovoxel.from_mesh` checks them).
 
     Returns coords int32 [N, 3] sorted by (x, y, z), dual vertices float32 [N, 3] in the box frame
-    shifted to its min corner (world - aabb_min, like the official), flags bool [N, 3].
+    shifted to its min corner (world - aabb_min, like the official), flags bool [N, 3]; with
+    `return_pairs`, also the scan's (triangle, voxel) pairs (see `unique_pairs`), which the attribute
+    sampling reuses instead of scanning again.
     """
     box = np.asarray(aabb, dtype=F32).reshape(2, 3)
     res = (int(grid_size),) * 3
@@ -365,7 +438,8 @@ def mesh_to_flexible_dual_grid(
         [base_key + dx * stride[a0] + dy * stride[a1] for dx, dy in ((0, 0), (0, 1), (1, 0), (1, 1))], axis=1
     ).reshape(-1)  # [4C]: per crossing, the official (dx, dy) loop order
     if corner_keys.size == 0:
-        return np.zeros((0, 3), np.int32), np.zeros((0, 3), F32), np.zeros((0, 3), bool)
+        empty = (np.zeros((0, 3), np.int32), np.zeros((0, 3), F32), np.zeros((0, 3), bool))
+        return (*empty, (np.zeros(0, np.int64), np.zeros(0, np.int64))) if return_pairs else empty
     grouped = _group(corner_keys)
     sorted_keys = corner_keys[grouped]
     first = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
@@ -377,8 +451,6 @@ def mesh_to_flexible_dual_grid(
     cross_vox = np.empty(corner_keys.size, dtype=np.int64)
     cross_vox[grouped] = stage1[0]
     flags[cross_vox[0::4], axis] = True
-    sums = sequential_sums(n_vox, point, [(stage1[0], grouped // 4)])
-    count = np.bincount(stage1[0], minlength=n_vox).astype(F32)
 
     # 2. face quadrics: existing voxels each triangle touches (triangle order)
     face_vox, face_src = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
@@ -417,21 +489,7 @@ def mesh_to_flexible_dual_grid(
     for row, src in ((np.concatenate(face_vox), np.concatenate(face_src)), (line_vox, line_src)):
         order = _group(row)
         stages.append((row[order], src[order]))
-    quadric = sequential_sums(n_vox, table, stages)
-
-    # 4. regularised solve
-    q = np.empty((n_vox, 4, 4), dtype=F32)
-    for k, (i, j) in enumerate(QUADRIC_ENTRIES):
-        q[:, i, j] = q[:, j, i] = quadric[:, k]
-    if regularization_weight > 0:
-        mean = sums / count[:, None]
-        w = F32(regularization_weight) * count
-        for i in range(3):
-            q[:, i, i] += w
-            q[:, i, 3] += w * -mean[:, i]
-            q[:, 3, i] += w * -mean[:, i]
-        q[:, 3, 3] += w * dot3(mean, mean)
-    lo = coords.astype(F32) * vs
-    hi = (coords + 1).astype(F32) * vs
-    dual = solve_in_boxes(q, lo, hi)
+    dual = _dual_vertices(coords, vs, (point, (stage1[0], grouped // 4)), (table, stages), regularization_weight)
+    if return_pairs:
+        return coords.astype(np.int32), dual, flags, unique_pairs(np.repeat(tri_id, 4), cross_vox, n_vox)
     return coords.astype(np.int32), dual, flags
