@@ -10,51 +10,13 @@ from __future__ import annotations
 import torch
 
 from engine.errors import EngineInputError
-from engine.models.rope import DEFAULT_ROPE_FREQ, rope_phases
+from engine.models.rope import rope_phases
 from engine.models.transformer import FlowTransformer, Sequences
 from engine.sparse import SparseTensor
 
 
 class SLatFlowModel(FlowTransformer):
     """Velocity model of stages 5 and 6. Constructor arguments are the official config's `args`."""
-
-    def __init__(
-        self,
-        resolution: int,
-        in_channels: int,
-        model_channels: int,
-        cond_channels: int,
-        out_channels: int,
-        num_blocks: int,
-        num_heads: int | None = None,
-        num_head_channels: int | None = 64,
-        mlp_ratio: float = 4,
-        pe_mode: str = "ape",
-        rope_freq: tuple[float, float] = DEFAULT_ROPE_FREQ,
-        dtype: str = "float32",
-        use_checkpoint: bool = False,  # training only
-        share_mod: bool = False,
-        initialization: str = "vanilla",  # training only
-        qk_rms_norm: bool = False,
-        qk_rms_norm_cross: bool = False,
-    ) -> None:
-        super().__init__(
-            in_channels,
-            model_channels,
-            cond_channels,
-            out_channels,
-            num_blocks,
-            num_heads,
-            num_head_channels,
-            mlp_ratio,
-            pe_mode,
-            rope_freq,
-            dtype,
-            share_mod,
-            qk_rms_norm,
-            qk_rms_norm_cross,
-        )
-        self.resolution = resolution  # stored, unused with RoPE (as in the official class)
 
     def forward(
         self,

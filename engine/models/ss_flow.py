@@ -7,54 +7,22 @@ a non-persistent buffer: the released checkpoint does not store them.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from engine.errors import EngineInputError
-from engine.models.rope import DEFAULT_ROPE_FREQ, grid_coords, rope_phases
+from engine.models.rope import grid_coords, rope_phases
 from engine.models.transformer import FlowTransformer, Sequences
 
 
 class SparseStructureFlowModel(FlowTransformer):
     """Velocity model of stage 2. Constructor arguments are the official config's `args`."""
 
-    def __init__(
-        self,
-        resolution: int,
-        in_channels: int,
-        model_channels: int,
-        cond_channels: int,
-        out_channels: int,
-        num_blocks: int,
-        num_heads: int | None = None,
-        num_head_channels: int | None = 64,
-        mlp_ratio: float = 4,
-        pe_mode: str = "ape",
-        rope_freq: tuple[float, float] = DEFAULT_ROPE_FREQ,
-        dtype: str = "float32",
-        use_checkpoint: bool = False,  # training only
-        share_mod: bool = False,
-        initialization: str = "vanilla",  # training only
-        qk_rms_norm: bool = False,
-        qk_rms_norm_cross: bool = False,
-        **_ignored,  # the official class accepts and ignores extra keys too
-    ) -> None:
-        super().__init__(
-            in_channels,
-            model_channels,
-            cond_channels,
-            out_channels,
-            num_blocks,
-            num_heads,
-            num_head_channels,
-            mlp_ratio,
-            pe_mode,
-            rope_freq,
-            dtype,
-            share_mod,
-            qk_rms_norm,
-            qk_rms_norm_cross,
-        )
-        self.resolution = resolution
+    def __init__(self, *args, **kwargs) -> None:
+        known = inspect.signature(FlowTransformer.__init__).parameters
+        # the official class accepts and ignores extra keys in its config
+        super().__init__(*args, **{k: v for k, v in kwargs.items() if k in known})
         # [R^3, head_dim/2] complex64. The official model builds it with the default frequencies whatever
         # its own rope_freq says (spec §3.0), so this does too.
         self.register_buffer("rope_phases", self._grid_phases(), persistent=False)

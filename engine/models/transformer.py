@@ -223,21 +223,25 @@ class FlowTransformer(nn.Module):
 
     def __init__(
         self,
+        resolution: int,
         in_channels: int,
         model_channels: int,
         cond_channels: int,
         out_channels: int,
         num_blocks: int,
-        num_heads: int | None,
-        num_head_channels: int | None,
-        mlp_ratio: float,
-        pe_mode: str,
-        rope_freq: tuple[float, float] | list[float],
-        dtype: str | torch.dtype,
-        share_mod: bool,
-        qk_rms_norm: bool,
-        qk_rms_norm_cross: bool,
+        num_heads: int | None = None,
+        num_head_channels: int | None = 64,
+        mlp_ratio: float = 4,
+        pe_mode: str = "ape",
+        rope_freq: tuple[float, float] | list[float] = DEFAULT_ROPE_FREQ,
+        dtype: str | torch.dtype = "float32",
+        use_checkpoint: bool = False,  # training only
+        share_mod: bool = False,
+        initialization: str = "vanilla",  # training only
+        qk_rms_norm: bool = False,
+        qk_rms_norm_cross: bool = False,
     ) -> None:
+        """The official flow constructor (its `args`, with the official class defaults)."""
         super().__init__()
         if pe_mode != "rope":
             raise EngineInputError(
@@ -246,6 +250,7 @@ class FlowTransformer(nn.Module):
             )
         if num_heads is None and not num_head_channels:
             raise EngineInputError("a flow config needs num_heads or num_head_channels")
+        self.resolution = resolution  # the SS flow's grid edge; stored but unused by the sparse flows
         self.in_channels, self.model_channels = in_channels, model_channels
         self.cond_channels, self.out_channels = cond_channels, out_channels
         self.num_heads = num_heads or model_channels // num_head_channels
