@@ -7,6 +7,7 @@ from engine.ovoxel.asset import MeshData, OVoxel, from_mesh, load, save, to_mesh
 from engine.ovoxel.attributes import Material, TexturedMesh
 from engine.ovoxel.extract import flexible_dual_grid_to_mesh
 from engine.ovoxel.sample import AttributeVolume, sample_attributes
+from engine.ovoxel.vxz import read_vxz, write_vxz
 
 __all__ = [
     "AttributeVolume",
@@ -17,7 +18,9 @@ __all__ = [
     "flexible_dual_grid_to_mesh",
     "from_mesh",
     "load",
+    "read_vxz",
     "sample_attributes",
     "save",
     "to_mesh",
+    "write_vxz",
 ]

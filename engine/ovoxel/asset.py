@@ -1,4 +1,4 @@
-"""The O-Voxel value, mesh <-> O-Voxel conversion with input checks, and .npz save/load.
+"""The O-Voxel value, mesh <-> O-Voxel conversion with input checks, and .npz (or .vxz) save/load.
 
 An `OVoxel` holds one sparse set of voxels at resolution R inside a box (default [-0.5, 0.5]^3):
 geometry as flexible-dual-grid offsets and edge flags (spec 5.1), optionally PBR attributes in the
@@ -101,13 +101,20 @@ def check_mesh(vertices, faces, aabb) -> tuple[np.ndarray, np.ndarray, np.ndarra
     box = np.asarray(aabb, dtype=np.float32).reshape(2, 3)
     if not (box[1] > box[0]).all():
         raise EngineInputError(f"aabb must be [[min x, y, z], [max x, y, z]] with max > min, got {aabb!r}")
-    tri = v[f]
-    if ((tri.max(axis=1) < box[0]).any(axis=1) | (tri.min(axis=1) > box[1]).any(axis=1)).all():
+    # a face misses the box when its 3 corners are beyond the same side: AND of per-vertex side bits
+    side = np.zeros(v.shape[0], dtype=np.uint8)
+    for axis in range(3):
+        side |= (v[:, axis] < box[0, axis]).view(np.uint8) << axis
+        side |= (v[:, axis] > box[1, axis]).view(np.uint8) << (axis + 3)
+    if side.any() and (side[f[:, 0]] & side[f[:, 1]] & side[f[:, 2]]).all():
         raise EngineInputError(
             f"the mesh lies entirely outside the conversion box {box.tolist()}; normalise it into the box first"
         )
-    e0, e1 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 1]
-    keep = np.cross(e0, e1).any(axis=1)  # float32 zero normal: no plane, dropped
+    p0, p1, p2 = (np.take(v, f[:, i], axis=0) for i in range(3))
+    e0, e1 = p1 - p0, p2 - p1
+    # float32 zero normal (the converter's own cross product): no plane, dropped
+    keep = (e0[:, 1] * e1[:, 2] != e0[:, 2] * e1[:, 1]) | (e0[:, 2] * e1[:, 0] != e0[:, 0] * e1[:, 2])
+    keep |= e0[:, 0] * e1[:, 1] != e0[:, 1] * e1[:, 0]
     if not keep.any():
         raise EngineInputError("every face of the mesh has zero area; nothing to convert")
     return v, f[keep], keep
@@ -138,9 +145,9 @@ def from_mesh(
     dropped = int((~keep).sum())
     if dropped:
         log.info("dropped %d zero-area faces of %d", dropped, keep.size)
-    coords, dual, flags, pairs = mesh_to_flexible_dual_grid(
+    coords, dual, flags, *pairs = mesh_to_flexible_dual_grid(
         v, f, r, aabb, face_weight=face_weight, boundary_weight=boundary_weight,
-        regularization_weight=regularization_weight, return_pairs=True,
+        regularization_weight=regularization_weight, return_pairs=material is not None,
     )  # fmt: skip
     if coords.shape[0] == 0:
         raise EngineInputError(
@@ -154,7 +161,7 @@ def from_mesh(
         from engine.ovoxel.attributes import voxel_attributes
 
         material = material.subset(keep) if dropped else material
-        ovoxel.attrs, ovoxel.layout = voxel_attributes(v, f, material, coords, r, box, pairs=pairs)
+        ovoxel.attrs, ovoxel.layout = voxel_attributes(v, f, material, coords, r, box, pairs=pairs[0])
     return ovoxel
 
 
@@ -176,8 +183,15 @@ def to_mesh(ovoxel: OVoxel, split_weight: np.ndarray | None = None) -> MeshData:
 # --- files ------------------------------------------------------------------------------------------
 
 
-def save(ovoxel: OVoxel, path) -> None:
-    """Write an .npz file (numpy arrays and a JSON header; no pickles)."""
+def save(ovoxel: OVoxel, path, **options) -> None:
+    """Write an .npz file (numpy arrays and a JSON header; no pickles), or the official .vxz container
+    when `path` ends in .vxz (`options` go to `engine.ovoxel.vxz.write_vxz`; values become uint8)."""
+    if Path(path).suffix.lower() == ".vxz":
+        from engine.ovoxel.vxz import write_vxz
+
+        return write_vxz(ovoxel, path, **options)
+    if options:
+        raise EngineInputError(f"options {sorted(options)} apply to .vxz files only, not {path}")
     header = {
         "format": "engine.ovoxel/1",
         "resolution": ovoxel.resolution,
@@ -191,8 +205,14 @@ def save(ovoxel: OVoxel, path) -> None:
     np.savez_compressed(Path(path), header=np.array(json.dumps(header)), **arrays)
 
 
-def load(path) -> OVoxel:
-    """Read a file written by `save`."""
+def load(path, **options) -> OVoxel:
+    """Read a file written by `save` (.npz), or any .vxz (`options`, e.g. resolution=, go to `read_vxz`)."""
+    if Path(path).suffix.lower() == ".vxz":
+        from engine.ovoxel.vxz import read_vxz
+
+        return read_vxz(path, **options)
+    if options:
+        raise EngineInputError(f"options {sorted(options)} apply to .vxz files only, not {path}")
     try:
         with np.load(Path(path), allow_pickle=False) as data:
             header = json.loads(str(data["header"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from engine.errors import EngineInputError
 
@@ -72,7 +73,8 @@ def _per_corner(values, faces: np.ndarray, n_vertices: int, width: tuple, what: 
 
 
 class _Texture:
-    """A texture and its mip chain (2x2 box filter), float32 in [0, 1], sampled like the official."""
+    """A texture and its mip chain (2x2 box filter), float32 in [0, 1], sampled like the official:
+    bilinear between texel centres, REPEAT wrapping, trilinear between mip levels."""
 
     def __init__(self, image: np.ndarray):
         img = np.asarray(image)
@@ -81,53 +83,60 @@ class _Texture:
         if img.ndim != 3 or img.shape[0] < 1 or img.shape[1] < 1:
             raise EngineInputError(f"a texture must be an image [H, W, C], got {list(img.shape)}")
         img = img.astype(F32) / F32(255) if img.dtype == np.uint8 else img.astype(F32)
+        self.channels = img.shape[2]
         self.levels = [img]
         while min(img.shape[0], img.shape[1]) >= 2:
             h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
-            img = img[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3))
+            img = ((img[0:h:2, 0:w:2] + img[1:h:2, 0:w:2]) + (img[0:h:2, 1:w:2] + img[1:h:2, 1:w:2])) * F32(0.25)
             self.levels.append(img)
+        self._wrapped = {}
 
-    @staticmethod
-    def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
-        h, w = img.shape[:2]
-        x = uv[:, 0] * w
-        y = (1 - uv[:, 1]) * h
-        x0 = np.floor(x - 0.5)
-        y0 = np.floor(y - 0.5)
-        wx = (x - x0 - 0.5)[:, None]
-        wy = (y - y0 - 0.5)[:, None]
-        x0 = x0.astype(np.int64) % w
-        y0 = y0.astype(np.int64) % h
-        x1, y1 = (x0 + 1) % w, (y0 + 1) % h
-        row0, row1 = y0 * w, y1 * w
-        flat = img.reshape(h * w, -1)  # texel rows: a 1-D take is far cheaper than 2-D fancy indexing
+    def _level(self, index: int) -> torch.Tensor:
+        """[1, C, H + 1, W + 1]: the level with its first row and column repeated after the last, so
+        bilinear lookups of wrapped coordinates never leave the image."""
+        if index not in self._wrapped:
+            img = self.levels[index]
+            img = np.concatenate([img, img[:1]], axis=0)
+            img = np.concatenate([img, img[:, :1]], axis=1)
+            self._wrapped[index] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+        return self._wrapped[index]
 
-        def texel(index: np.ndarray) -> np.ndarray:
-            return np.take(flat, index, axis=0)
-
-        return (
-            (1 - wx) * (1 - wy) * texel(row0 + x0)
-            + wx * (1 - wy) * texel(row0 + x1)
-            + (1 - wx) * wy * texel(row1 + x0)
-            + (wx * wy * texel(row1 + x1))
-        )
+    def _bilinear(self, index: int, uv: np.ndarray) -> np.ndarray:
+        """[C, P] bilinear samples of level `index` at uv [P, 2] (v up), REPEAT wrapping."""
+        h, w = self.levels[index].shape[:2]
+        x = uv[:, 0] * F32(w) - F32(0.5)  # continuous texel coordinates, texel centres at integers
+        y = (F32(1) - uv[:, 1]) * F32(h) - F32(0.5)
+        x -= np.floor(x / F32(w)) * F32(w)  # wrapped into [0, w]; w itself is the repeated first texel
+        y -= np.floor(y / F32(h)) * F32(h)
+        grid = np.stack([x * F32(2 / w) - F32(1), y * F32(2 / h) - F32(1)], axis=1)  # align_corners: -1..1
+        out = torch.nn.functional.grid_sample(
+            self._level(index), torch.from_numpy(grid)[None, None], mode="bilinear", padding_mode="border",
+            align_corners=True,
+        )  # fmt: skip
+        return out[0, :, 0].numpy()  # [C, P]
 
     def sample(self, uv: np.ndarray, footprint: np.ndarray, offset: float) -> np.ndarray:
-        """[P, C] at uv [P, 2]; footprint = one voxel's extent in UV units (per point)."""
+        """[C, P] (channel-major) at uv [P, 2]; footprint = one voxel's extent in UV units (per point)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             level = np.log2(footprint * self.levels[0].shape[0]) + offset
         top = len(self.levels) - 1
         level = np.where(np.isfinite(level) & (level > 0), level, 0.0)
-        out = np.empty((uv.shape[0], self.levels[0].shape[2]), dtype=F32)
         base = np.floor(np.minimum(level, top)).astype(np.int64)
-        for lo in np.unique(base):
-            sel = base == lo
-            value = self._bilinear(self.levels[lo], uv[sel])
-            if lo < top:
-                frac = (level[sel] - lo)[:, None].astype(F32)
-                value = (1 - frac) * value + frac * self._bilinear(self.levels[lo + 1], uv[sel])
-            out[sel] = value
+        levels = np.unique(base)
+        if levels.size == 1:  # the common case: no selection copies
+            return self._trilinear(int(levels[0]), uv, level, top)
+        out = np.empty((self.channels, uv.shape[0]), dtype=F32)
+        for lo in levels:
+            sel = np.flatnonzero(base == lo)
+            out[:, sel] = self._trilinear(int(lo), uv[sel], level[sel], top)
         return out
+
+    def _trilinear(self, lo: int, uv: np.ndarray, level: np.ndarray, top: int) -> np.ndarray:
+        value = self._bilinear(lo, uv)
+        if lo < top:
+            frac = (level - lo).astype(F32)
+            value = (1 - frac) * value + frac * self._bilinear(lo + 1, uv)
+        return value
 
 
 def _footprints(tri: np.ndarray, tri_uv: np.ndarray, voxel_size: np.ndarray) -> np.ndarray:
@@ -137,8 +146,8 @@ def _footprints(tri: np.ndarray, tri_uv: np.ndarray, voxel_size: np.ndarray) -> 
     det = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]
     t = d2[:, 1, None] * e1 - d1[:, 1, None] * e2
     b = d1[:, 0, None] * e2 - d2[:, 0, None] * e1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lengths = np.linalg.norm(t, axis=1) * np.linalg.norm(b, axis=1) / (det * det)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lengths = np.sqrt(_dot(t, t) * _dot(b, b)) / (det * det)
         fp = np.max(voxel_size) / np.sqrt(lengths)
     return np.where(np.abs(det) < 1e-6, np.max(voxel_size) / 1e6, fp).astype(F32)
 
@@ -173,9 +182,7 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
 
     n_vox = coords.shape[0]
     pair_tri, pair_vox = pairs
-
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    n = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
+    maps = _surface_maps(tri, tri_uv)  # [F, 5, 4]
     footprint = _footprints(tri, tri_uv, vs)
     textures = {}
     for i, m in enumerate(mats):
@@ -184,35 +191,39 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
         if m.metallic_roughness_texture is not None:
             textures[("mr", i)] = _Texture(m.metallic_roughness_texture)
 
-    total = np.zeros(n_vox)
-    acc = np.zeros((n_vox, 6))
+    acc = torch.zeros((7, n_vox), dtype=torch.float32)  # weighted sums of the 6 values, and the weight sums
     for start in range(0, pair_tri.size, PAIR_CHUNK):
         t = pair_tri[start : start + PAIR_CHUNK]
         v = pair_vox[start : start + PAIR_CHUNK]
-        centre = (np.take(coords, v, axis=0).astype(F32) + F32(0.5)) * vs
-        bary, dist = _project(centre, np.take(tri, t, axis=0), np.take(n, t, axis=0))
-        weight = 1 - dist
-        corner_uv = np.take(tri_uv, t, axis=0)  # [P, 3, 2]
-        uv = (
-            bary[:, 0, None] * corner_uv[:, 0] + bary[:, 1, None] * corner_uv[:, 1] + bary[:, 2, None] * corner_uv[:, 2]
-        )
-        values = np.empty((t.size, 6), dtype=F32)
-        mid = fmat[t]
-        for i, m in enumerate(mats):
-            sel = mid == i
-            if sel.any():
-                values[sel] = _shade(m, textures, i, uv[sel], footprint[t[sel]])
+        centre = (np.take(coords, v, axis=0).astype(F32) + F32(0.5)) * vs  # [P, 3]
+        m = np.take(maps, t, axis=0)  # [P, 5, 4]
+        values = np.empty((7, t.size), dtype=F32)  # channel-major: every row is contiguous
+        values[6] = 1 - _apply(m[:, 0], centre)  # the weight: 1 - signed distance to the triangle's plane
+        uv = np.stack([_apply(m[:, 1], centre), _apply(m[:, 2], centre)], axis=1)
+        if len(mats) == 1:
+            _shade(mats[0], textures, 0, uv, footprint[t], values)
+        else:
+            mid = fmat[t]
+            for i, mat in enumerate(mats):
+                sel = np.flatnonzero(mid == i)
+                if sel.size:
+                    part = np.empty((7, sel.size), dtype=F32)
+                    _shade(mat, textures, i, uv[sel], footprint[t[sel]], part)
+                    values[:6, sel] = part[:6]
         if tri_col is not None:
-            col = np.einsum("pk,pkc->pc", bary, tri_col[t])
-            values[:, 0:3] *= col[:, :3]
-            if col.shape[1] == 4:
-                values[:, 5] *= col[:, 3]
-        total += np.bincount(v, weights=weight, minlength=n_vox)
-        for c in range(6):
-            acc[:, c] += np.bincount(v, weights=weight * values[:, c], minlength=n_vox)
+            b1, b2 = _apply(m[:, 3], centre), _apply(m[:, 4], centre)
+            corners = np.take(tri_col, t, axis=0)  # [P, 3, C]
+            for c in range(3) if corners.shape[2] == 3 else (0, 1, 2, 3):
+                weighted = (1 - b1 - b2) * corners[:, 0, c] + b1 * corners[:, 1, c] + b2 * corners[:, 2, c]
+                values[5 if c == 3 else c] *= weighted
+        values[:6] *= values[6]
+        index = torch.from_numpy(v)
+        for c in range(7):
+            acc[c].index_add_(0, index, torch.from_numpy(values[c]))
+    total = acc[6].numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        attrs = np.where(total[:, None] != 0, acc / total[:, None], 0.0)
-    return attrs.astype(F32), dict(LAYOUT)
+        attrs = np.where(total != 0, acc[:6].numpy() / total, F32(0))
+    return np.ascontiguousarray(attrs.T), dict(LAYOUT)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -220,43 +231,71 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2]
 
 
-def _project(p: np.ndarray, tri: np.ndarray, n: np.ndarray):
-    """Unclamped barycentrics [P, 3] of p projected onto the triangle's plane, and its signed distance."""
-    a = tri[:, 0]
-    d = _dot(p - a, n)
-    ap = p - d[:, None] * n - a
-    ab, ac = tri[:, 1] - a, tri[:, 2] - a
-    d00, d01, d11 = _dot(ab, ab), _dot(ab, ac), _dot(ac, ac)
-    d20, d21 = _dot(ap, ab), _dot(ap, ac)
+def _apply(c: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """[P]: the affine functions c [P, 4] (see `_surface_maps`) at the points p [P, 3]."""
+    return c[:, 3] + (p[:, 0] * c[:, 0] + p[:, 1] * c[:, 1] + p[:, 2] * c[:, 2])
+
+
+def _surface_maps(tri: np.ndarray, tri_uv: np.ndarray) -> np.ndarray:
+    """float32 [F, 5, 4]: per triangle, five affine functions f(p) = c . p + c0 of a point p, stored as
+    (c, c0): the signed distance to the triangle's plane, u and v at p's projection onto the plane, and
+    that projection's (unclamped) barycentric weights of corners 1 and 2. Built once per triangle (float64,
+    column by column), so each (triangle, voxel) pair costs three multiply-adds per value."""
+    t = tri.astype(np.float64)
+    a = [t[:, 0, k] for k in range(3)]
+    ab = [t[:, 1, k] - a[k] for k in range(3)]
+    ac = [t[:, 2, k] - a[k] for k in range(3)]
+    n = [ab[1] * ac[2] - ab[2] * ac[1], ab[2] * ac[0] - ab[0] * ac[2], ab[0] * ac[1] - ab[1] * ac[0]]
+    inv_len = 1 / np.maximum(np.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]), 1e-30)
+    n = [x * inv_len for x in n]
+
+    def dot(x, y):
+        return x[0] * y[0] + x[1] * y[1] + x[2] * y[2]
+
+    d00, d01, d11 = dot(ab, ab), dot(ab, ac), dot(ac, ac)
     denom = d00 * d11 - d01 * d01
-    with np.errstate(divide="ignore", invalid="ignore"):
-        v = (d11 * d20 - d01 * d21) / denom
-        w = (d00 * d21 - d01 * d20) / denom
-    return np.stack([1 - v - w, v, w], axis=1), d
+    flat = ~(denom > 0)  # a needle: no barycentrics, corner 0 stands for the whole triangle
+    inv = np.where(flat, 0.0, 1 / np.where(flat, 1.0, denom))
+    g1 = [(d11 * ab[k] - d01 * ac[k]) * inv for k in range(3)]  # gradient of corner 1's weight
+    g2 = [(d00 * ac[k] - d01 * ab[k]) * inv for k in range(3)]  # gradient of corner 2's weight
+    uv = tri_uv.astype(np.float64)
+    grads = [n, g1, g2]
+    values_at_a = [0.0, 0.0, 0.0]
+    for c in range(2):  # u and v: uv0 + w1 (uv1 - uv0) + w2 (uv2 - uv0)
+        du1, du2 = uv[:, 1, c] - uv[:, 0, c], uv[:, 2, c] - uv[:, 0, c]
+        grads.insert(1 + c, [du1 * g1[k] + du2 * g2[k] for k in range(3)])
+        values_at_a.insert(1 + c, uv[:, 0, c])
+    maps = np.empty((tri.shape[0], 5, 4), dtype=F32)
+    for row, (g, value) in enumerate(zip(grads, values_at_a, strict=True)):
+        for k in range(3):
+            maps[:, row, k] = g[k]
+        maps[:, row, 3] = value - dot(a, g)
+    return maps
 
 
-def _shade(m: Material, textures: dict, i: int, uv: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-    """[P, 6] base colour, metallic, roughness, alpha of material m at uv."""
-    out = np.empty((uv.shape[0], 6), dtype=F32)
+def _shade(m: Material, textures: dict, i: int, uv: np.ndarray, footprint: np.ndarray, out: np.ndarray) -> None:
+    """Fill out[:6] ([>= 6, P], channel-major) with base colour, metallic, roughness, alpha of material m."""
     factor = np.asarray(m.base_color_factor, dtype=F32).reshape(-1)
-    rgba = np.ones((uv.shape[0], 4), dtype=F32)
+    alpha = np.ones(uv.shape[0], dtype=F32)
     if ("base", i) in textures:
-        tex = textures[("base", i)].sample(uv, footprint, m.mip_level_offset)
-        rgba[:, :3] = tex[:, :3] if tex.shape[1] >= 3 else tex[:, :1]
-        if tex.shape[1] == 4:
-            rgba[:, 3] = tex[:, 3]
-    out[:, 0:3] = rgba[:, :3] * factor[:3]
-    mr = np.ones((uv.shape[0], 3), dtype=F32)
+        tex = textures[("base", i)].sample(uv, footprint, m.mip_level_offset)  # [C, P]
+        for c in range(3):
+            out[c] = tex[c if tex.shape[0] >= 3 else 0] * factor[c]
+        if tex.shape[0] == 4:
+            alpha = tex[3]
+    else:
+        out[0:3] = factor[:3, None]
     if ("mr", i) in textures:
         mr = textures[("mr", i)].sample(uv, footprint, m.mip_level_offset)
-        if mr.shape[1] < 3:
+        if mr.shape[0] < 3:
             raise EngineInputError("metallic_roughness_texture needs at least 3 channels (G roughness, B metallic)")
-    out[:, 3] = mr[:, 2] * F32(m.metallic_factor)
-    out[:, 4] = mr[:, 1] * F32(m.roughness_factor)
-    alpha = np.ones(uv.shape[0], dtype=F32)
-    if m.alpha_mode != "OPAQUE":
-        alpha = rgba[:, 3] * (factor[3] if factor.size > 3 else F32(1))
-        if m.alpha_mode == "MASK":
-            alpha = np.where(alpha < m.alpha_cutoff, F32(0), F32(1))
-    out[:, 5] = alpha
-    return out
+        out[3] = mr[2] * F32(m.metallic_factor)
+        out[4] = mr[1] * F32(m.roughness_factor)
+    else:
+        out[3] = F32(m.metallic_factor)
+        out[4] = F32(m.roughness_factor)
+    if m.alpha_mode == "OPAQUE":
+        out[5] = F32(1)
+    else:
+        alpha = alpha * (factor[3] if factor.size > 3 else F32(1))
+        out[5] = np.where(alpha < m.alpha_cutoff, F32(0), F32(1)) if m.alpha_mode == "MASK" else alpha

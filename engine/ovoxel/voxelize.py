@@ -19,15 +19,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.ovoxel.face_overlap import face_contributions
 from engine.ovoxel.qef import free_minimisers, inside_boxes, solve_on_box_surfaces
 
 F32 = np.float32
 F64 = np.float64
 # Upper-triangle entries of a symmetric 4x4 quadric, in this fixed order.
 QUADRIC_ENTRIES = ((0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (3, 3))
-CHUNK = 1 << 21  # candidates per vectorised block (bounds peak memory)
 VOXEL_BLOCK = 1 << 15  # voxels accumulated and solved together (temporaries of a few MB)
-SLACK = 1e-3  # voxels of margin on the face-test candidate slab (float32 rounding is ~1e-4 at 2048^3)
 
 
 def _trunc_int(x: np.ndarray) -> np.ndarray:
@@ -87,6 +86,12 @@ def triangle_planes(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --- stage 1: edge crossings ------------------------------------------------------------------------
 
 
+def corner_bounds(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-triangle minimum and maximum corner [F, 3] (same dtype as tri)."""
+    lo = np.minimum(np.minimum(tri[:, 0], tri[:, 1]), tri[:, 2])
+    return lo, np.maximum(np.maximum(tri[:, 0], tri[:, 1]), tri[:, 2])
+
+
 def _stable_sort3(p: np.ndarray) -> np.ndarray:
     """The 3 corners [F, 3, 3] of each triangle ordered by their y (column 1), ties kept in input order
     (std::sort on 3 items is an insertion sort, hence stable)."""
@@ -102,26 +107,38 @@ def _stable_sort3(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int, int]):
+def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int, int], corners=None):
     """All (triangle, primal grid edge) crossings of the official scan line.
 
     Returns per crossing: axis [C] (the edge's direction a2), base voxel [C, 3] (the voxel whose
-    upper-corner edge it is), point [C, 3] float32, triangle index [C].
+    upper-corner edge it is), point [C, 3] float32, triangle index [C]. `corners`: the triangles' corner
+    minima and maxima [F, 3] when the caller has them.
     """
     out = []
+    lo_corner, hi_corner = (x.astype(F64) for x in (corners or corner_bounds(tri)))
     for a2 in range(3):
         a0, a1 = (a2 + 1) % 3, (a2 + 2) % 3
         s0, s1, s2 = (F64(voxel_size[a]) for a in (a0, a1, a2))
-        p = tri[:, :, [a0, a1, a2]].astype(F64)  # [F, 3 corners, (x, y, z)]
+        # Only triangles spanning a grid line in both a1 (rows) and a0 (columns) can cross an a2 edge. The
+        # column bins get 1e-6 voxel of margin: the scan's interpolated x stays within the corners' range
+        # up to rounding, so this never drops a triangle the scan would use.
+        y_lo = np.clip(_trunc_int(lo_corner[:, a1] / s1), 0, res[a1] - 1)
+        y_hi = np.clip(_trunc_int(hi_corner[:, a1] / s1), 0, res[a1] - 1)
+        x_lo = np.clip(_trunc_int(lo_corner[:, a0] / s0 - 1e-6), 0, res[a0] - 1)
+        x_hi = np.clip(_trunc_int(hi_corner[:, a0] / s0 + 1e-6), 0, res[a0] - 1)
+        spanning = np.flatnonzero((y_hi > y_lo) & (x_hi > x_lo))
+        p = tri[spanning][:, :, [a0, a1, a2]].astype(F64)  # [F', 3 corners, (x, y, z)]
         t = _stable_sort3(p)
-        ybin = np.clip(_trunc_int(t[:, :, 1] / s1), 0, res[a1] - 1)  # [F, 3]: start, mid, end
+        ybin = np.clip(_trunc_int(t[:, :, 1] / s1), 0, res[a1] - 1)  # [F', 3]: start, mid, end
         tri_of_row, local = _segments(ybin[:, 2] - ybin[:, 0])
         y_idx = ybin[tri_of_row, 0] + local
         first_half = y_idx < ybin[tri_of_row, 1]
-        tt = t[tri_of_row]
-        ta = np.where(first_half[:, None], tt[:, 0], tt[:, 2])
-        tb = tt[:, 1]
-        tc = np.where(first_half[:, None], tt[:, 2], tt[:, 0])
+        # the row's corners: a (shared by both edges), b (the middle corner), c; as rows of t [F' * 3, 3]
+        flat = t.reshape(-1, 3)
+        corner_a = tri_of_row * 3 + np.where(first_half, 0, 2)
+        ta = flat[corner_a]
+        tb = flat[tri_of_row * 3 + 1]
+        tc = flat[(tri_of_row * 3 + 1) * 2 - corner_a]  # the other end: 2 when a is 0, 0 when a is 2
         y = (F32(1) * (y_idx + 1).astype(F32) * F32(voxel_size[a1])).astype(F64)
         t3 = _lerp(ta[:, 1], tb[:, 1], y, ta[:, [0, 2]], tb[:, [0, 2]])  # [R, (x, z)]
         t4 = _lerp(ta[:, 1], tc[:, 1], y, ta[:, [0, 2]], tc[:, [0, 2]])
@@ -129,6 +146,7 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         t3, t4 = np.where(swap[:, None], t4, t3), np.where(swap[:, None], t3, t4)
         ls = np.clip(_trunc_int(t3[:, 0] / s0), 0, res[a0] - 1)
         le = np.clip(_trunc_int(t4[:, 0] / s0), 0, res[a0] - 1)
+        tri_of_row = spanning[tri_of_row]
         row_of_col, local = _segments(le - ls)
         x_idx = ls[row_of_col] + local
         x = ((x_idx + 1).astype(F32) * F32(voxel_size[a0])).astype(F64)
@@ -145,90 +163,7 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
     return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
 
 
-# --- stage 2: face quadrics -------------------------------------------------------------------------
-
-
-def _face_test_setup(tri: np.ndarray, n: np.ndarray, vs: np.ndarray) -> dict:
-    """Per-triangle float32 constants of the official conservative triangle/box overlap test."""
-    v0, v1, v2 = tri[:, 0], tri[:, 1], tri[:, 2]
-    e = (v1 - v0, v2 - v1, v0 - v2)
-    c = np.where(n > 0, vs[None, :], F32(0))
-    w1, w2 = c - v0, (vs[None, :] - c) - v0
-    setup = {
-        "n": n,
-        "d1": dot3(n, w1),
-        "d2": dot3(n, w2),
-    }
-    # (projection name, the two axes (a, b), the normal axis deciding the edge-normal sign)
-    for name, a, b, k in (("xy", 0, 1, 2), ("yz", 1, 2, 0), ("zx", 2, 0, 1)):
-        mul = np.where(n[:, k] < 0, F32(-1), F32(1))
-        for i, (ei, vi) in enumerate(zip(e, (v0, v1, v2), strict=True)):
-            na, nb = -mul * ei[:, b], mul * ei[:, a]
-            d = -(na * vi[:, a] + nb * vi[:, b]) + (np.maximum(na, F32(0)) * vs[a] + np.maximum(nb, F32(0)) * vs[b])
-            setup[f"{name}{i}"] = (a, b, na, nb, d)
-    return setup
-
-
-def _face_candidates(tri: np.ndarray, n: np.ndarray, vs: np.ndarray, res: tuple[int, int, int]):
-    """Superset of the voxels the official face test can accept, per triangle: the index bounding box
-    restricted, along the normal's dominant axis, to the voxels whose box the plane can touch (computed in
-    float64 with SLACK voxels of margin; the float32 test then decides)."""
-    lo_f = np.minimum(np.minimum(tri[:, 0], tri[:, 1]), tri[:, 2]) / vs
-    hi_f = np.maximum(np.maximum(tri[:, 0], tri[:, 1]), tri[:, 2]) / vs
-    lo = np.maximum(_trunc_int(lo_f), 0)
-    hi = np.minimum(_trunc_int(hi_f + F32(1)), np.asarray(res))  # exclusive
-    ext = np.maximum(hi - lo, 0)  # [F, 3]
-    w_axis = np.argmax(np.abs(n), axis=1)
-    u_axis, v_axis = (w_axis + 1) % 3, (w_axis + 2) % 3
-    ar = np.arange(tri.shape[0])
-    # per-triangle scalars first (1-D gathers per column are much cheaper than 2-D fancy indexing)
-    n64, vs64 = n.astype(F64), vs.astype(F64)
-    lo_u, lo_v, lo_w_t, hi_w_t = lo[ar, u_axis], lo[ar, v_axis], lo[ar, w_axis], hi[ar, w_axis]
-    su, sv, sw = vs64[u_axis], vs64[v_axis], vs64[w_axis]
-    nu_t, nv_t = n64[ar, u_axis] * su, n64[ar, v_axis] * sv  # n_u s_u, n_v s_v
-    ns = n64 * vs64  # the box [p, p + s] meets the plane iff n_w w s_w - offset is in [-sum max, -sum min]
-    n_dot_v0 = (n64 * tri[:, 0].astype(F64)).sum(1)
-    base_lower = n_dot_v0 - np.maximum(ns, 0).sum(1)
-    base_upper = n_dot_v0 - np.minimum(ns, 0).sum(1)
-    scale = n64[ar, w_axis] * sw
-    nu, nv = ext[ar, u_axis], ext[ar, v_axis]
-    tri_of_col, local = _segments(nu * nv)
-    nv_c = nv[tri_of_col]
-    du, dv = local // nv_c, local % nv_c
-    u = lo_u[tri_of_col] + du
-    v = lo_v[tri_of_col] + dv
-    plane_uv = nu_t[tri_of_col] * u + nv_t[tri_of_col] * v  # offset = n.v0 - n_u u s_u - n_v v s_v
-    sc = scale[tri_of_col]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = (base_lower[tri_of_col] - plane_uv) / sc
-        b = (base_upper[tri_of_col] - plane_uv) / sc
-    w_lo = np.ceil(np.minimum(a, b) - SLACK)
-    w_hi = np.floor(np.maximum(a, b) + SLACK)
-    finite = np.isfinite(w_lo) & np.isfinite(w_hi)
-    lo_w = np.where(finite, np.maximum(lo_w_t[tri_of_col], np.clip(w_lo, -1, 2**31)), 0).astype(np.int64)
-    hi_w = np.where(finite, np.minimum(hi_w_t[tri_of_col], np.clip(w_hi + 1, -1, 2**31)), 0).astype(np.int64)
-    col_of_cand, local = _segments(np.maximum(hi_w - lo_w, 0))
-    t = tri_of_col[col_of_cand]
-    xyz = np.empty((col_of_cand.shape[0], 3), dtype=np.int64)
-    rows = np.arange(col_of_cand.shape[0])
-    xyz[rows, w_axis[t]] = lo_w[col_of_cand] + local
-    xyz[rows, u_axis[t]] = u[col_of_cand]
-    xyz[rows, v_axis[t]] = v[col_of_cand]
-    return tri_of_col[col_of_cand], xyz
-
-
-def _face_test(setup: dict, t: np.ndarray, xyz: np.ndarray, vs: np.ndarray) -> np.ndarray:
-    """The official overlap test for candidate (triangle t, voxel xyz), in float32 like the C++."""
-    p = xyz.astype(F32) * vs[None, :]
-    p = [np.ascontiguousarray(p[:, i]) for i in range(3)]
-    n = np.take(setup["n"], t, axis=0)
-    ndp = n[:, 0] * p[0] + (n[:, 1] * p[1] + n[:, 2] * p[2])  # dot3
-    ok = (ndp + np.take(setup["d1"], t)) * (ndp + np.take(setup["d2"], t)) <= 0
-    for name in ("xy", "yz", "zx"):
-        for i in range(3):
-            a, b, na, nb, d = setup[f"{name}{i}"]
-            ok &= ~((np.take(na, t) * p[a] + np.take(nb, t) * p[b]) + np.take(d, t) < 0)
-    return ok
+# --- stage 2: face quadrics: engine.ovoxel.face_overlap -------------------------------------------
 
 
 # --- stage 3: boundary quadrics ---------------------------------------------------------------------
@@ -429,7 +364,8 @@ def mesh_to_flexible_dual_grid(
     stride = np.array([res[1] * res[2], res[2], 1], dtype=np.int64)
 
     # 1. crossings, in the official discovery order (triangle, axis, row, column) -> voxels and flags
-    axis, base, point, tri_id = edge_crossings(tri, vs, res)
+    corners = corner_bounds(tri)
+    axis, base, point, tri_id = edge_crossings(tri, vs, res, corners)
     order = np.argsort(tri_id, kind="stable")
     axis, base, point, tri_id = axis[order], base[order], point[order], tri_id[order]
     a0, a1 = (axis + 1) % 3, (axis + 2) % 3
@@ -452,23 +388,10 @@ def mesh_to_flexible_dual_grid(
     cross_vox[grouped] = stage1[0]
     flags[cross_vox[0::4], axis] = True
 
-    # 2. face quadrics: existing voxels each triangle touches (triangle order)
-    face_vox, face_src = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    # 2. face quadrics: existing voxels each triangle touches (sorted by voxel, then triangle)
+    face_stage = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if face_weight > 0 and faces.shape[0]:
-        useful = np.flatnonzero(np.abs(plane_q).sum(1) > 0)  # a zero quadric adds nothing
-        setup = _face_test_setup(tri, normals, vs)
-        ext = np.ptp(tri[useful], axis=1) / vs + 2
-        cum = np.cumsum(np.prod(ext, axis=1) / np.max(ext, axis=1) * 4)  # rough candidates per triangle
-        for part in np.split(useful, np.searchsorted(cum, np.arange(CHUNK, cum[-1] if cum.size else 0, CHUNK))):
-            if part.size == 0:
-                continue
-            t_local, xyz = _face_candidates(tri[part], normals[part], vs, res)
-            t = part[t_local]
-            ok = _face_test(setup, t, xyz, vs)
-            rows = _lookup(keys, flat_keys(xyz[ok], stride))
-            hit = rows >= 0
-            face_vox.append(rows[hit])
-            face_src.append(t[ok][hit])
+        face_stage = face_contributions(tri, normals, *corners, vs, res, stride, keys)
 
     # 3. boundary quadrics: existing voxels each open edge passes through (edge order)
     line_q = np.zeros((0, 10), dtype=F32)
@@ -485,10 +408,8 @@ def mesh_to_flexible_dual_grid(
         line_vox, line_src = rows[hit], seg[order][hit] + plane_q.shape[0]
 
     table = np.concatenate([plane_q, line_q])
-    stages = [(stage1[0], tri_id[grouped // 4])]
-    for row, src in ((np.concatenate(face_vox), np.concatenate(face_src)), (line_vox, line_src)):
-        order = _group(row)
-        stages.append((row[order], src[order]))
+    order = _group(line_vox)
+    stages = [(stage1[0], tri_id[grouped // 4]), face_stage, (line_vox[order], line_src[order])]
     dual = _dual_vertices(coords, vs, (point, (stage1[0], grouped // 4)), (table, stages), regularization_weight)
     if return_pairs:
         return coords.astype(np.int32), dual, flags, unique_pairs(np.repeat(tri_id, 4), cross_vox, n_vox)

@@ -1,0 +1,203 @@
+"""Which existing voxels each triangle touches: the face-quadric stage of the converter (spec 5.3).
+
+The official converter loops over every voxel of each triangle's bounding box and runs a conservative
+triangle/box overlap test in float32 (the plane between two box corners, then the 3 edge normals in
+each of the 3 axis projections). This module gives the same accepted set, computed in bulk:
+
+* triangles are grouped by the dominant axis w of their normal, so every array below has fixed axes;
+* candidates are organised by column (u, v): the projection onto the (u, v) plane does not depend on w,
+  so its 3 edge tests run once per column and reject whole columns;
+* along w only the few voxels whose box the plane can reach are candidates (a float64 slab with a
+  margin; the float32 test decides). Columns are sorted by candidate count, so the j-th candidate of
+  every column is a prefix slice and the remaining tests run without any per-candidate gather.
+
+Every test value is rounded exactly as the C++ evaluates it (float32, no fused multiply-add, its
+summation order), because the accepted set decides which quadrics a voxel accumulates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+F32 = np.float32
+F64 = np.float64
+SLACK = 1e-3  # voxels of margin on the candidate slab (float32 rounding is ~1e-4 at 2048^3)
+COLUMN_BLOCK = 1 << 20  # columns per vectorised block (bounds the temporaries)
+# The edge-normal tests of the official overlap test: (the two axes of the projection, the normal axis
+# whose sign orients the edge normals).
+PROJECTIONS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
+
+
+def _trunc_int(x: np.ndarray) -> np.ndarray:
+    """C++ int(): truncation toward zero (saturated instead of undefined out of range)."""
+    return np.trunc(np.clip(x, -(2.0**31), 2.0**31 - 1)).astype(np.int64)
+
+
+def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For counts per owner: (owner of each expanded item, index of the item within its owner)."""
+    owner = np.repeat(np.arange(counts.shape[0]), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, np.arange(owner.shape[0]) - starts[owner]
+
+
+class _EdgeTests:
+    """Per-triangle float32 constants of the 9 edge-normal tests: edge i of projection (a, b) rejects the
+    box at p when (na p_a + nb p_b) + d < 0."""
+
+    def __init__(self, tri: np.ndarray, n: np.ndarray, vs: np.ndarray):
+        v = (tri[:, 0], tri[:, 1], tri[:, 2])
+        e = (v[1] - v[0], v[2] - v[1], v[0] - v[2])
+        self.tests = []  # (a, b, na, nb, d) per projection and edge
+        for a, b, k in PROJECTIONS:
+            mul = np.where(n[:, k] < 0, F32(-1), F32(1))
+            for ei, vi in zip(e, v, strict=True):
+                na, nb = -mul * ei[:, b], mul * ei[:, a]
+                d = -(na * vi[:, a] + nb * vi[:, b]) + (np.maximum(na, F32(0)) * vs[a] + np.maximum(nb, F32(0)) * vs[b])
+                self.tests.append((a, b, na, nb, d))
+
+
+def _plane_bounds(tri: np.ndarray, n: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 d1, d2 [F]: the box at p meets the plane when (n.p + d1)(n.p + d2) <= 0 (its two corners
+    furthest along +n and -n lie on both sides)."""
+    c = np.where(n > 0, vs[None, :], F32(0))
+    w1, w2 = c - tri[:, 0], (vs[None, :] - c) - tri[:, 0]
+    return _dot3(n, w1), _dot3(n, w2)
+
+
+def _dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Eigen's unrolled 3-term order: a0 b0 + (a1 b1 + a2 b2)."""
+    return a[:, 0] * b[:, 0] + (a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2])
+
+
+def _bounding_boxes(lo_corner, hi_corner, vs, res):
+    """The official per-triangle voxel index box: int64 [F, 3] lower bound and exclusive upper bound."""
+    lo = np.maximum(_trunc_int(lo_corner / vs), 0)
+    hi = np.minimum(_trunc_int(hi_corner / vs + F32(1)), np.asarray(res))
+    return lo, np.maximum(hi, lo)
+
+
+def _columns(tri, n, lo, hi, vs, w):
+    """The candidate columns (u, v) of triangles whose dominant normal axis is w, each with its slab of
+    candidate w values [lo_w, lo_w + count): (triangle, u, v, lo_w, count), all [K]."""
+    u_ax, v_ax = (w + 1) % 3, (w + 2) % 3
+    n64, vs64 = n.astype(F64), vs.astype(F64)
+    ns = n64 * vs64  # the box [p, p + s] meets the plane iff n_w w s_w - offset is in [-sum max, -sum min]
+    n_dot_v0 = (n64 * tri[:, 0].astype(F64)).sum(1)
+    base_lower = n_dot_v0 - np.maximum(ns, 0).sum(1)
+    base_upper = n_dot_v0 - np.minimum(ns, 0).sum(1)
+    nv = hi[:, v_ax] - lo[:, v_ax]
+    t, local = _segments((hi[:, u_ax] - lo[:, u_ax]) * nv)
+    nv_t = nv[t]
+    u = lo[t, u_ax] + local // nv_t
+    v = lo[t, v_ax] + local % nv_t
+    plane_uv = ns[t, u_ax] * u + ns[t, v_ax] * v
+    sc = ns[t, w]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = (base_lower[t] - plane_uv) / sc
+        b = (base_upper[t] - plane_uv) / sc
+    w_lo = np.ceil(np.minimum(a, b) - SLACK)
+    w_hi = np.floor(np.maximum(a, b) + SLACK)
+    finite = np.isfinite(w_lo) & np.isfinite(w_hi)
+    lo_w = np.where(finite, np.maximum(lo[t, w], np.clip(w_lo, -1, 2**31)), 0).astype(np.int64)
+    hi_w = np.where(finite, np.minimum(hi[t, w], np.clip(w_hi + 1, -1, 2**31)), 0).astype(np.int64)
+    return t, u, v, lo_w, np.maximum(hi_w - lo_w, 0)
+
+
+def _descending(count: np.ndarray) -> np.ndarray:
+    """Stable permutation ordering non-negative counts from the largest (a radix sort on narrow keys)."""
+    top = int(count.max(initial=0))
+    key = top - count
+    for dtype in (np.uint8, np.uint16):
+        if top <= np.iinfo(dtype).max:
+            key = key.astype(dtype)
+            break
+    return np.argsort(key, kind="stable")
+
+
+def overlapping_voxels(tri, n, lo_corner, hi_corner, vs, res, stride):
+    """(flat voxel key [K], triangle [K]) for every voxel box the official test accepts, in no particular
+    order. tri [F, 3, 3] float32 in the box frame, n [F, 3] float32 unit normals, lo/hi_corner [F, 3]
+    float32 per-triangle corner minima/maxima, vs [3] float32 voxel size, stride [3] flat-key strides."""
+    d1, d2 = _plane_bounds(tri, n, vs)
+    edges = _EdgeTests(tri, n, vs).tests
+    dominant = np.argmax(np.abs(n), axis=1)
+    lo, hi = _bounding_boxes(lo_corner, hi_corner, vs, res)
+    keys, tris = [], []
+    for w in range(3):
+        group = np.flatnonzero(dominant == w)
+        ext = hi[group] - lo[group]
+        columns = np.cumsum(ext[:, (w + 1) % 3] * ext[:, (w + 2) % 3])
+        cuts = np.searchsorted(columns, np.arange(COLUMN_BLOCK, columns[-1] if columns.size else 0, COLUMN_BLOCK))
+        uv_edges = [e for e in edges if w not in e[:2]]  # the projection onto (u, v): a = u, b = v
+        w_edges = [e for e in edges if w in e[:2]]
+        for part in np.split(group, cuts):
+            if part.size == 0:
+                continue
+            t, u, v, lo_w, count = _columns(tri[part], n[part], lo[part], hi[part], vs, w)
+            t = part[t]
+            p_u = u.astype(F32) * vs[(w + 1) % 3]
+            p_v = v.astype(F32) * vs[(w + 2) % 3]
+            ok = count > 0
+            for _, _, na, nb, d in uv_edges:
+                ok &= ~((np.take(na, t) * p_u + np.take(nb, t) * p_v) + np.take(d, t) < 0)
+            # surviving columns, most candidates first: the j-th candidates form a prefix
+            keep = np.flatnonzero(ok)
+            keep = keep[_descending(count[keep])]
+            t, p_u, p_v, lo_w, count = t[keep], p_u[keep], p_v[keep], lo_w[keep], count[keep]
+            p_col = {(w + 1) % 3: p_u, (w + 2) % 3: p_v}
+            key_col = u[keep] * stride[(w + 1) % 3] + v[keep] * stride[(w + 2) % 3]
+            tests = []
+            for a, b, na, nb, d in w_edges:  # (na p_a + nb p_b) + d: the non-w product is per column
+                other, coef_w = (b, na) if a == w else (a, nb)
+                own = (np.take(nb, t) if a == w else np.take(na, t)) * p_col[other]
+                tests.append((own, np.take(coef_w, t), np.take(d, t)))
+            plane = _PlaneTest(n, t, p_col, w)
+            d1_t, d2_t = np.take(d1, t), np.take(d2, t)
+            alive = np.searchsorted(-count, -np.arange(1, int(count.max(initial=0)) + 1), side="right")
+            for j, m in enumerate(alive):
+                w_idx = lo_w[:m] + j
+                p_w = w_idx.astype(F32) * vs[w]
+                ndp = plane.dot(p_w, m)
+                hit = (ndp + d1_t[:m]) * (ndp + d2_t[:m]) <= 0
+                for own, coef, d in tests:
+                    hit &= ~((own[:m] + coef[:m] * p_w) + d[:m] < 0)
+                sel = np.flatnonzero(hit)
+                keys.append(key_col[sel] + w_idx[sel] * stride[w])
+                tris.append(t[sel])
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(keys), np.concatenate(tris)
+
+
+class _PlaneTest:
+    """n . p in the official order n0 p0 + (n1 p1 + n2 p2), with the column's two products precomputed."""
+
+    def __init__(self, n: np.ndarray, t: np.ndarray, p_col: dict, w: int):
+        self.w = w
+        self.n_w = np.take(n[:, w], t)
+        self.terms = {a: np.take(n[:, a], t) * p for a, p in p_col.items()}  # n_a p_a per column
+        if w == 0:
+            self.inner = self.terms[1] + self.terms[2]
+
+    def dot(self, p_w: np.ndarray, m: int) -> np.ndarray:
+        nw = self.n_w[:m] * p_w
+        if self.w == 0:
+            return nw + self.inner[:m]
+        if self.w == 1:
+            return self.terms[0][:m] + (nw + self.terms[2][:m])
+        return self.terms[0][:m] + (self.terms[1][:m] + nw)
+
+
+def face_contributions(tri, n, lo_corner, hi_corner, vs, res, stride, voxel_keys):
+    """(voxel row [K], triangle [K]) of every existing voxel (rows of the sorted `voxel_keys`) each triangle
+    touches, sorted by row and by triangle within a row: the official discovery order of the face
+    quadrics of each voxel."""
+    key, t = overlapping_voxels(tri, n, lo_corner, hi_corner, vs, res, stride)
+    n_tri = max(int(tri.shape[0]), 1)
+    pair = torch.sort(torch.from_numpy(key * n_tri + t)).values.numpy()  # (voxel, triangle) pairs are unique
+    key, t = pair // n_tri, pair % n_tri
+    pos = np.searchsorted(voxel_keys, key)  # sorted queries: a cache-friendly search
+    pos_c = np.minimum(pos, voxel_keys.shape[0] - 1)
+    hit = voxel_keys[pos_c] == key
+    return pos_c[hit], t[hit]
