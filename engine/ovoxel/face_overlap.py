@@ -46,14 +46,14 @@ class _EdgeTests:
     box at p when (na p_a + nb p_b) + d < 0."""
 
     def __init__(self, tri: np.ndarray, n: np.ndarray, vs: np.ndarray):
-        v = (tri[:, 0], tri[:, 1], tri[:, 2])
-        e = (v[1] - v[0], v[2] - v[1], v[0] - v[2])
+        v = [[np.ascontiguousarray(tri[:, i, k]) for k in range(3)] for i in range(3)]  # v[corner][axis]
+        e = [[v[(i + 1) % 3][k] - v[i][k] for k in range(3)] for i in range(3)]  # edge i: corner i -> i + 1
         self.tests = []  # (a, b, na, nb, d) per projection and edge
         for a, b, k in PROJECTIONS:
-            mul = np.where(n[:, k] < 0, F32(-1), F32(1))
+            flip = n[:, k] < 0  # the edge normal (-e_b, e_a), negated when the face normal's k is negative
             for ei, vi in zip(e, v, strict=True):
-                na, nb = -mul * ei[:, b], mul * ei[:, a]
-                d = -(na * vi[:, a] + nb * vi[:, b]) + (np.maximum(na, F32(0)) * vs[a] + np.maximum(nb, F32(0)) * vs[b])
+                na, nb = np.where(flip, ei[b], -ei[b]), np.where(flip, -ei[a], ei[a])
+                d = -(na * vi[a] + nb * vi[b]) + (np.maximum(na, F32(0)) * vs[a] + np.maximum(nb, F32(0)) * vs[b])
                 self.tests.append((a, b, na, nb, d))
 
 
@@ -79,29 +79,32 @@ def _bounding_boxes(lo_corner, hi_corner, vs, res):
 
 def _columns(tri, n, lo, hi, vs, w):
     """The candidate columns (u, v) of triangles whose dominant normal axis is w, each with its slab of
-    candidate w values [lo_w, lo_w + count): (triangle, u, v, lo_w, count), all [K]."""
+    candidate w values [lo_w, lo_w + count): (triangle, u, v, lo_w, count), all [K].
+
+    The box at (u, v, w) meets the plane n.x = n.v0 iff n_w s_w w lies in [n.v0 - n_u s_u u - n_v s_v v -
+    sum max(n_i s_i, 0), ... - sum min(n_i s_i, 0)]: per triangle, two offsets and two slopes."""
     u_ax, v_ax = (w + 1) % 3, (w + 2) % 3
-    n64, vs64 = n.astype(F64), vs.astype(F64)
-    ns = n64 * vs64  # the box [p, p + s] meets the plane iff n_w w s_w - offset is in [-sum max, -sum min]
-    n_dot_v0 = (n64 * tri[:, 0].astype(F64)).sum(1)
-    base_lower = n_dot_v0 - np.maximum(ns, 0).sum(1)
-    base_upper = n_dot_v0 - np.minimum(ns, 0).sum(1)
-    nv = hi[:, v_ax] - lo[:, v_ax]
-    t, local = _segments((hi[:, u_ax] - lo[:, u_ax]) * nv)
-    nv_t = nv[t]
-    u = lo[t, u_ax] + local // nv_t
-    v = lo[t, v_ax] + local % nv_t
-    plane_uv = ns[t, u_ax] * u + ns[t, v_ax] * v
-    sc = ns[t, w]
+    ns = [n[:, k].astype(F64) * F64(vs[k]) for k in range(3)]
+    n_dot_v0 = sum(n[:, k].astype(F64) * tri[:, 0, k] for k in range(3))
+    lower = n_dot_v0 - sum(np.maximum(x, 0) for x in ns)
+    upper = n_dot_v0 - sum(np.minimum(x, 0) for x in ns)
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = (base_lower[t] - plane_uv) / sc
-        b = (base_upper[t] - plane_uv) / sc
-    w_lo = np.ceil(np.minimum(a, b) - SLACK)
-    w_hi = np.floor(np.maximum(a, b) + SLACK)
-    finite = np.isfinite(w_lo) & np.isfinite(w_hi)
-    lo_w = np.where(finite, np.maximum(lo[t, w], np.clip(w_lo, -1, 2**31)), 0).astype(np.int64)
-    hi_w = np.where(finite, np.minimum(hi[t, w], np.clip(w_hi + 1, -1, 2**31)), 0).astype(np.int64)
-    return t, u, v, lo_w, np.maximum(hi_w - lo_w, 0)
+        inv = 1 / ns[w]  # w is the dominant axis: zero only for a zero normal (no plane, no quadric)
+        w_min = np.minimum(lower * inv, upper * inv) - SLACK  # the slab at u = v = 0
+        w_max = np.maximum(lower * inv, upper * inv) + SLACK
+        slope_u, slope_v = ns[u_ax] * inv, ns[v_ax] * inv
+    lo_u, lo_v, lo_w_box = (np.ascontiguousarray(lo[:, k]) for k in (u_ax, v_ax, w))
+    nu, nv = hi[:, u_ax] - lo_u, hi[:, v_ax] - lo_v
+    nu[~np.isfinite(w_min + w_max + slope_u + slope_v)] = 0  # (zero normal)
+    t, local = _segments(nu * nv)
+    nv_t = nv[t]
+    du = local // nv_t
+    u = lo_u[t] + du
+    v = lo_v[t] + (local - du * nv_t)
+    shift = slope_u[t] * u + slope_v[t] * v
+    lo_w = np.maximum(np.ceil(w_min[t] - shift), lo_w_box[t])  # float64 holding integers
+    hi_w = np.minimum(np.floor(w_max[t] - shift) + 1, hi[:, w][t])
+    return t, u, v, lo_w.astype(np.int64), np.maximum(hi_w - lo_w, 0).astype(np.int64)
 
 
 def _descending(count: np.ndarray) -> np.ndarray:

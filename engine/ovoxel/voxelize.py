@@ -40,13 +40,10 @@ def flat_keys(c: np.ndarray, stride: np.ndarray) -> np.ndarray:
 
 
 def _lerp(a, b, t, va, vb):
-    """The official lerp: va where a == b, else (1 - alpha) va + alpha vb with alpha = (t - a)/(b - a)."""
-    same = a == b
-    with np.errstate(divide="ignore", invalid="ignore"):
-        alpha = (t - a) / np.where(same, 1.0, b - a)
-    if va.ndim > alpha.ndim:
-        alpha, same = alpha[:, None], same[:, None]
-    return np.where(same, va, (1 - alpha) * va + alpha * vb)
+    """The official lerp (1 - alpha) va + alpha vb, alpha = (t - a)/(b - a). Its a == b branch never runs
+    in the scan: a row or column exists only between two different bins, so a != b there."""
+    alpha = (t - a) / (b - a)
+    return (1 - alpha) * va + alpha * vb
 
 
 def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,19 +89,22 @@ def corner_bounds(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, np.maximum(np.maximum(tri[:, 0], tri[:, 1]), tri[:, 2])
 
 
-def _stable_sort3(p: np.ndarray) -> np.ndarray:
-    """The 3 corners [F, 3, 3] of each triangle ordered by their y (column 1), ties kept in input order
-    (std::sort on 3 items is an insertion sort, hence stable)."""
-    y0, y1, y2 = p[:, 0, 1], p[:, 1, 1], p[:, 2, 1]
+def _sorted_by_y(x: list, y: list, z: list) -> tuple[list, list, list]:
+    """The 3 corners of each triangle (per-corner coordinate arrays [F]) reordered by y, ties kept in input
+    order (std::sort on 3 items is an insertion sort, hence stable)."""
+    y0, y1, y2 = y
     rank = (
         (y1 < y0).astype(np.int8) + (y2 < y0),
         (y0 <= y1).astype(np.int8) + (y2 < y1),
         (y0 <= y2).astype(np.int8) + (y1 <= y2),
     )
-    out = np.empty_like(p)
-    for r in range(3):
-        out[:, r] = np.where((rank[0] == r)[:, None], p[:, 0], np.where((rank[1] == r)[:, None], p[:, 1], p[:, 2]))
-    return out
+    first = [rank[0] == r for r in range(3)]
+    second = [rank[1] == r for r in range(3)]
+
+    def pick(c):
+        return [np.where(first[r], c[0], np.where(second[r], c[1], c[2])) for r in range(3)]
+
+    return pick(x), pick(y), pick(z)
 
 
 def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int, int], corners=None):
@@ -127,31 +127,31 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         x_lo = np.clip(_trunc_int(lo_corner[:, a0] / s0 - 1e-6), 0, res[a0] - 1)
         x_hi = np.clip(_trunc_int(hi_corner[:, a0] / s0 + 1e-6), 0, res[a0] - 1)
         spanning = np.flatnonzero((y_hi > y_lo) & (x_hi > x_lo))
-        p = tri[spanning][:, :, [a0, a1, a2]].astype(F64)  # [F', 3 corners, (x, y, z)]
-        t = _stable_sort3(p)
-        ybin = np.clip(_trunc_int(t[:, :, 1] / s1), 0, res[a1] - 1)  # [F', 3]: start, mid, end
-        tri_of_row, local = _segments(ybin[:, 2] - ybin[:, 0])
-        y_idx = ybin[tri_of_row, 0] + local
-        first_half = y_idx < ybin[tri_of_row, 1]
-        # the row's corners: a (shared by both edges), b (the middle corner), c; as rows of t [F' * 3, 3]
-        flat = t.reshape(-1, 3)
-        corner_a = tri_of_row * 3 + np.where(first_half, 0, 2)
-        ta = flat[corner_a]
-        tb = flat[tri_of_row * 3 + 1]
-        tc = flat[(tri_of_row * 3 + 1) * 2 - corner_a]  # the other end: 2 when a is 0, 0 when a is 2
+        p = tri[spanning]
+        sx, sy, sz = _sorted_by_y(*([p[:, i, axis].astype(F64) for i in range(3)] for axis in (a0, a1, a2)))
+        ybin = [np.clip(_trunc_int(c / s1), 0, res[a1] - 1) for c in sy]  # start, mid, end
+        tri_of_row, local = _segments(ybin[2] - ybin[0])
+        y_idx = ybin[0][tri_of_row] + local
+        first_half = y_idx < ybin[1][tri_of_row]
+        # the row's corners: a (shared by both edges) is the first corner in the first half, the last in
+        # the second; b is the middle one; c the remaining end
+        ends = [(c[0][tri_of_row], c[2][tri_of_row]) for c in (sx, sy, sz)]
+        ax, ay, az = (np.where(first_half, lo, hi) for lo, hi in ends)
+        cx, cy, cz = (np.where(first_half, hi, lo) for lo, hi in ends)
+        bx, by, bz = sx[1][tri_of_row], sy[1][tri_of_row], sz[1][tri_of_row]
         y = (F32(1) * (y_idx + 1).astype(F32) * F32(voxel_size[a1])).astype(F64)
-        t3 = _lerp(ta[:, 1], tb[:, 1], y, ta[:, [0, 2]], tb[:, [0, 2]])  # [R, (x, z)]
-        t4 = _lerp(ta[:, 1], tc[:, 1], y, ta[:, [0, 2]], tc[:, [0, 2]])
-        swap = t3[:, 0] > t4[:, 0]
-        t3, t4 = np.where(swap[:, None], t4, t3), np.where(swap[:, None], t3, t4)
-        ls = np.clip(_trunc_int(t3[:, 0] / s0), 0, res[a0] - 1)
-        le = np.clip(_trunc_int(t4[:, 0] / s0), 0, res[a0] - 1)
+        t3x, t3z = _lerp(ay, by, y, ax, bx), _lerp(ay, by, y, az, bz)
+        t4x, t4z = _lerp(ay, cy, y, ax, cx), _lerp(ay, cy, y, az, cz)
+        swap = t3x > t4x
+        t3x, t4x = np.where(swap, t4x, t3x), np.where(swap, t3x, t4x)
+        t3z, t4z = np.where(swap, t4z, t3z), np.where(swap, t3z, t4z)
+        ls = np.clip(_trunc_int(t3x / s0), 0, res[a0] - 1)
+        le = np.clip(_trunc_int(t4x / s0), 0, res[a0] - 1)
         tri_of_row = spanning[tri_of_row]
         row_of_col, local = _segments(le - ls)
         x_idx = ls[row_of_col] + local
         x = ((x_idx + 1).astype(F32) * F32(voxel_size[a0])).astype(F64)
-        r3, r4 = t3[row_of_col], t4[row_of_col]
-        z = _lerp(r3[:, 0], r4[:, 0], x, r3[:, 1], r4[:, 1])
+        z = _lerp(t3x[row_of_col], t4x[row_of_col], x, t3z[row_of_col], t4z[row_of_col])
         z_idx = _trunc_int(z / s2)
         keep = (z_idx >= 0) & (z_idx < res[a2])
         rows = row_of_col[keep]
