@@ -71,9 +71,11 @@ def _dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _bounding_boxes(lo_corner, hi_corner, vs, res):
-    """The official per-triangle voxel index box: int64 [F, 3] lower bound and exclusive upper bound."""
-    lo = np.maximum(_trunc_int(lo_corner / vs), 0)
-    hi = np.minimum(_trunc_int(hi_corner / vs + F32(1)), np.asarray(res))
+    """The official per-triangle voxel index box: int64 [F, 3] lower bound and exclusive upper bound
+    (max(int(lo / s), 0) and min(int(hi / s + 1), R); clipping first makes the truncation a floor)."""
+    top = F32(res[0])  # the grid is cubic
+    lo = np.clip(lo_corner / vs, F32(0), top).astype(np.int64)
+    hi = np.clip(hi_corner / vs + F32(1), F32(0), top).astype(np.int64)
     return lo, np.maximum(hi, lo)
 
 

@@ -61,23 +61,19 @@ def dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def triangle_planes(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float32 unit normals n = normalize((v1-v0) x (v2-v1)) [F, 3] and plane quadrics [F, 10] (float32)."""
-    e0 = tri[:, 1] - tri[:, 0]
-    e1 = tri[:, 2] - tri[:, 1]
-    n = np.stack(
-        [
-            e0[:, 1] * e1[:, 2] - e0[:, 2] * e1[:, 1],
-            e0[:, 2] * e1[:, 0] - e0[:, 0] * e1[:, 2],
-            e0[:, 0] * e1[:, 1] - e0[:, 1] * e1[:, 0],
-        ],
-        axis=1,
-    )
-    sq = dot3(n, n)
-    n = np.where(sq[:, None] > 0, n / np.sqrt(np.where(sq > 0, sq, F32(1)))[:, None], n).astype(F32)
-    v0 = tri[:, 0]
-    d = -dot3(n, v0)
-    plane = np.concatenate([n, d[:, None]], axis=1)  # [F, 4]
-    q = np.stack([plane[:, i] * plane[:, j] for i, j in QUADRIC_ENTRIES], axis=1)
-    return n, q
+    v = [[np.ascontiguousarray(tri[:, i, k]) for k in range(3)] for i in range(3)]  # v[corner][axis]
+    e0 = [v[1][k] - v[0][k] for k in range(3)]
+    e1 = [v[2][k] - v[1][k] for k in range(3)]
+    n = [e0[1] * e1[2] - e0[2] * e1[1], e0[2] * e1[0] - e0[0] * e1[2], e0[0] * e1[1] - e0[1] * e1[0]]
+    sq = n[0] * n[0] + (n[1] * n[1] + n[2] * n[2])
+    ok = sq > 0
+    length = np.sqrt(np.where(ok, sq, F32(1)))
+    n = [np.where(ok, c / length, c) for c in n]
+    plane = [*n, -(n[0] * v[0][0] + (n[1] * v[0][1] + n[2] * v[0][2]))]
+    q = np.empty((tri.shape[0], len(QUADRIC_ENTRIES)), dtype=F32)
+    for k, (i, j) in enumerate(QUADRIC_ENTRIES):
+        q[:, k] = plane[i] * plane[j]
+    return np.stack(n, axis=1), q
 
 
 # --- stage 1: edge crossings ------------------------------------------------------------------------
@@ -171,11 +167,15 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
 
 def boundary_edges(faces: np.ndarray) -> np.ndarray:
     """[B, 2] vertex-index edges used by exactly one face (undirected), sorted like std::map keys."""
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
-    e.sort(axis=1)
-    key = e[:, 0] * (int(faces.max()) + 1) + e[:, 1]
-    uniq, idx, counts = np.unique(key, return_index=True, return_counts=True)
-    return e[idx[counts == 1]]
+    first = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]]).astype(np.int64)
+    second = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]]).astype(np.int64)
+    base = int(faces.max()) + 1
+    key = torch.sort(torch.from_numpy(np.minimum(first, second) * base + np.maximum(first, second))).values.numpy()
+    single = np.ones(key.shape[0], dtype=bool)  # the key differs from both neighbours
+    single[1:] &= key[1:] != key[:-1]
+    single[:-1] &= key[:-1] != key[1:]
+    key = key[single]
+    return np.stack([key // base, key % base], axis=1)
 
 
 def _line_quadrics(v0: np.ndarray, v1: np.ndarray, weight: float):
