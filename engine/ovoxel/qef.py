@@ -41,12 +41,12 @@ def colpiv_qr_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     size = a.shape[0]
     norm_direct = [np.sqrt(_sumsq([m[i][j] for i in range(n)])).astype(F32) for j in range(n)]
     norm_updated = [x.copy() for x in norm_direct]
-    perm = [np.full(size, j) for j in range(n)]
+    perm = [np.full(size, j, dtype=np.int8) for j in range(n)]
     taus = []
     downdate_threshold = np.sqrt(EPS).astype(F32)
     for k in range(n):
         # pivot: the first column among k.. with the largest updated norm
-        pivot = np.full(size, k)
+        pivot = np.full(size, k, dtype=np.int8)
         best = norm_updated[k]
         for j in range(k + 1, n):
             bigger = norm_updated[j] > best
@@ -109,8 +109,11 @@ def colpiv_qr_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         for r in range(i):
             c[r] = c[r] - c[i] * m[r][i]
     x = np.empty((size, n), dtype=F32)
-    for i in range(n):
-        x[np.arange(size), perm[i]] = c[i]
+    for j in range(n):  # undo the column permutation: x[perm[i]] = c[i]
+        value = c[n - 1]
+        for i in range(n - 2, -1, -1):
+            value = np.where(perm[i] == j, c[i], value)
+        x[:, j] = value
     return x
 
 
