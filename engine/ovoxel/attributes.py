@@ -182,8 +182,12 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
 
     n_vox = coords.shape[0]
     pair_tri, pair_vox = pairs
-    maps = _surface_maps(tri, tri_uv)  # [F, 5, 4]
-    footprint = _footprints(tri, tri_uv, vs)
+    # per-triangle constants only for the triangles that reach a voxel (pairs are sorted by triangle)
+    used = pair_tri[np.concatenate([[True], pair_tri[1:] != pair_tri[:-1]])] if pair_tri.size else pair_tri
+    slot = np.zeros(n_faces, dtype=np.int64)
+    slot[used] = np.arange(used.size)
+    maps = _surface_maps(tri[used], tri_uv[used])  # [U, 5, 4]
+    footprint = _footprints(tri[used], tri_uv[used], vs)  # [U]
     textures = {}
     for i, m in enumerate(mats):
         if m.base_color_texture is not None:
@@ -195,20 +199,21 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
     for start in range(0, pair_tri.size, PAIR_CHUNK):
         t = pair_tri[start : start + PAIR_CHUNK]
         v = pair_vox[start : start + PAIR_CHUNK]
+        u = slot[t]  # the triangle's row among the used ones
         centre = (np.take(coords, v, axis=0).astype(F32) + F32(0.5)) * vs  # [P, 3]
-        m = np.take(maps, t, axis=0)  # [P, 5, 4]
+        m = np.take(maps, u, axis=0)  # [P, 5, 4]
         values = np.empty((7, t.size), dtype=F32)  # channel-major: every row is contiguous
         values[6] = 1 - _apply(m[:, 0], centre)  # the weight: 1 - signed distance to the triangle's plane
         uv = np.stack([_apply(m[:, 1], centre), _apply(m[:, 2], centre)], axis=1)
         if len(mats) == 1:
-            _shade(mats[0], textures, 0, uv, footprint[t], values)
+            _shade(mats[0], textures, 0, uv, footprint[u], values)
         else:
             mid = fmat[t]
             for i, mat in enumerate(mats):
                 sel = np.flatnonzero(mid == i)
                 if sel.size:
                     part = np.empty((7, sel.size), dtype=F32)
-                    _shade(mat, textures, i, uv[sel], footprint[t[sel]], part)
+                    _shade(mat, textures, i, uv[sel], footprint[u[sel]], part)
                     values[:6, sel] = part[:6]
         if tri_col is not None:
             b1, b2 = _apply(m[:, 3], centre), _apply(m[:, 4], centre)
@@ -265,12 +270,10 @@ def _surface_maps(tri: np.ndarray, tri_uv: np.ndarray) -> np.ndarray:
         du1, du2 = uv[:, 1, c] - uv[:, 0, c], uv[:, 2, c] - uv[:, 0, c]
         grads.insert(1 + c, [du1 * g1[k] + du2 * g2[k] for k in range(3)])
         values_at_a.insert(1 + c, uv[:, 0, c])
-    maps = np.empty((tri.shape[0], 5, 4), dtype=F32)
-    for row, (g, value) in enumerate(zip(grads, values_at_a, strict=True)):
-        for k in range(3):
-            maps[:, row, k] = g[k]
-        maps[:, row, 3] = value - dot(a, g)
-    return maps
+    entries = []
+    for g, value in zip(grads, values_at_a, strict=True):
+        entries += [*g, value - dot(a, g)]
+    return np.stack(entries, axis=1).astype(F32).reshape(-1, 5, 4)  # one transposing copy
 
 
 def _shade(m: Material, textures: dict, i: int, uv: np.ndarray, footprint: np.ndarray, out: np.ndarray) -> None:
