@@ -326,7 +326,7 @@ def _dual_vertices(
 
 def unique_pairs(tri: np.ndarray, vox: np.ndarray, n_vox: int) -> tuple[np.ndarray, np.ndarray]:
     """The distinct (triangle, voxel) pairs of the scan, sorted by triangle then voxel: ([P], [P])."""
-    key = np.sort(tri.astype(np.int64) * n_vox + vox)
+    key = np.sort(tri.astype(np.int64) * n_vox + vox, kind="stable")  # runs by triangle: timsort merges them
     key = key[np.concatenate([[True], key[1:] != key[:-1]])]
     return key // n_vox, key % n_vox
 
