@@ -35,9 +35,9 @@ def _trunc_int(x: np.ndarray) -> np.ndarray:
 
 def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For counts per owner: (owner of each expanded item, index of the item within its owner)."""
-    owner = np.repeat(np.arange(counts.shape[0]), counts)
-    starts = np.cumsum(counts) - counts
-    return owner, np.arange(owner.shape[0]) - starts[owner]
+    owner = np.repeat(np.arange(counts.shape[0], dtype=np.int32), counts)  # int32: half the memory traffic
+    starts = (np.cumsum(counts) - counts).astype(np.int32)
+    return owner, np.arange(owner.shape[0], dtype=np.int32) - starts[owner]
 
 
 class _EdgeTests:
@@ -70,11 +70,11 @@ def _dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _bounding_boxes(lo_corner, hi_corner, vs, res):
-    """The official per-triangle voxel index box: int64 [F, 3] lower bound and exclusive upper bound
+    """The official per-triangle voxel index box: int32 [F, 3] lower bound and exclusive upper bound
     (max(int(lo / s), 0) and min(int(hi / s + 1), R); clipping first makes the truncation a floor)."""
     top = F32(res[0])  # the grid is cubic
-    lo = np.clip(lo_corner / vs, F32(0), top).astype(np.int64)
-    hi = np.clip(hi_corner / vs + F32(1), F32(0), top).astype(np.int64)
+    lo = np.clip(lo_corner / vs, F32(0), top).astype(np.int32)
+    hi = np.clip(hi_corner / vs + F32(1), F32(0), top).astype(np.int32)
     return lo, np.maximum(hi, lo)
 
 
@@ -105,7 +105,7 @@ def _columns(tri, n, lo, hi, vs, w):
     shift = slope_u[t] * u + slope_v[t] * v
     lo_w = np.maximum(np.ceil(w_min[t] - shift), lo_w_box[t])  # float64 holding integers
     hi_w = np.minimum(np.floor(w_max[t] - shift) + 1, hi[:, w][t])
-    return t, u, v, lo_w.astype(np.int64), np.maximum(hi_w - lo_w, 0).astype(np.int64)
+    return t, u, v, lo_w.astype(np.int32), np.maximum(hi_w - lo_w, 0).astype(np.int32)
 
 
 def _descending(count: np.ndarray) -> np.ndarray:
@@ -150,7 +150,7 @@ def overlapping_voxels(tri, n, lo_corner, hi_corner, vs, res, stride):
             keep = keep[_descending(count[keep])]
             t, p_u, p_v, lo_w, count = t[keep], p_u[keep], p_v[keep], lo_w[keep], count[keep]
             p_col = {(w + 1) % 3: p_u, (w + 2) % 3: p_v}
-            key_col = u[keep] * stride[(w + 1) % 3] + v[keep] * stride[(w + 2) % 3]
+            key_col = u[keep].astype(np.int64) * stride[(w + 1) % 3] + v[keep].astype(np.int64) * stride[(w + 2) % 3]
             tests = []
             for a, b, na, nb, d in w_edges:  # (na p_a + nb p_b) + d: the non-w product is per column
                 other, coef_w = (b, na) if a == w else (a, nb)
@@ -167,7 +167,7 @@ def overlapping_voxels(tri, n, lo_corner, hi_corner, vs, res, stride):
                 for own, coef, d in tests:
                     hit &= ~((own[:m] + coef[:m] * p_w) + d[:m] < 0)
                 sel = np.flatnonzero(hit)
-                keys.append(key_col[sel] + w_idx[sel] * stride[w])
+                keys.append(key_col[sel] + w_idx[sel].astype(np.int64) * stride[w])
                 tris.append(t[sel])
     if not keys:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)

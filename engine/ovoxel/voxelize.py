@@ -170,7 +170,7 @@ def boundary_edges(faces: np.ndarray) -> np.ndarray:
     first = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]]).astype(np.int64)
     second = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]]).astype(np.int64)
     base = int(faces.max()) + 1
-    key = torch.sort(torch.from_numpy(np.minimum(first, second) * base + np.maximum(first, second))).values.numpy()
+    key = np.sort(np.minimum(first, second) * base + np.maximum(first, second), kind="stable")  # coherent runs
     single = np.ones(key.shape[0], dtype=bool)  # the key differs from both neighbours
     single[1:] &= key[1:] != key[:-1]
     single[:-1] &= key[:-1] != key[1:]
