@@ -39,6 +39,11 @@ def flat_keys(c: np.ndarray, stride: np.ndarray) -> np.ndarray:
     return c[:, 0].astype(np.int64) * stride[0] + c[:, 1].astype(np.int64) * stride[1] + c[:, 2]
 
 
+def _bin(x: np.ndarray, top: int) -> np.ndarray:
+    """clamp(int(x), 0, top) with C++ truncation; clamping first is the same and makes it a floor."""
+    return np.clip(x, 0, top).astype(np.int64)
+
+
 def _lerp(a, b, t, va, vb):
     """The official lerp (1 - alpha) va + alpha vb, alpha = (t - a)/(b - a). Its a == b branch never runs
     in the scan: a row or column exists only between two different bins, so a != b there."""
@@ -118,14 +123,16 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         # Only triangles spanning a grid line in both a1 (rows) and a0 (columns) can cross an a2 edge. The
         # column bins get 1e-6 voxel of margin: the scan's interpolated x stays within the corners' range
         # up to rounding, so this never drops a triangle the scan would use.
-        y_lo = np.clip(_trunc_int(lo_corner[:, a1] / s1), 0, res[a1] - 1)
-        y_hi = np.clip(_trunc_int(hi_corner[:, a1] / s1), 0, res[a1] - 1)
-        x_lo = np.clip(_trunc_int(lo_corner[:, a0] / s0 - 1e-6), 0, res[a0] - 1)
-        x_hi = np.clip(_trunc_int(hi_corner[:, a0] / s0 + 1e-6), 0, res[a0] - 1)
+        y_lo = _bin(lo_corner[:, a1] / s1, res[a1] - 1)
+        y_hi = _bin(hi_corner[:, a1] / s1, res[a1] - 1)
+        x_lo = _bin(lo_corner[:, a0] / s0 - 1e-6, res[a0] - 1)
+        x_hi = _bin(hi_corner[:, a0] / s0 + 1e-6, res[a0] - 1)
         spanning = np.flatnonzero((y_hi > y_lo) & (x_hi > x_lo))
         p = tri[spanning]
-        sx, sy, sz = _sorted_by_y(*([p[:, i, axis].astype(F64) for i in range(3)] for axis in (a0, a1, a2)))
-        ybin = [np.clip(_trunc_int(c / s1), 0, res[a1] - 1) for c in sy]  # start, mid, end
+        # sorted in float32 (a permutation: widening afterwards gives the same doubles)
+        sx, sy, sz = _sorted_by_y(*([p[:, i, axis] for i in range(3)] for axis in (a0, a1, a2)))
+        sx, sy, sz = ([c.astype(F64) for c in axis] for axis in (sx, sy, sz))
+        ybin = [_bin(c / s1, res[a1] - 1) for c in sy]  # start, mid, end
         tri_of_row, local = _segments(ybin[2] - ybin[0])
         y_idx = ybin[0][tri_of_row] + local
         first_half = y_idx < ybin[1][tri_of_row]
@@ -141,8 +148,8 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         swap = t3x > t4x
         t3x, t4x = np.where(swap, t4x, t3x), np.where(swap, t3x, t4x)
         t3z, t4z = np.where(swap, t4z, t3z), np.where(swap, t3z, t4z)
-        ls = np.clip(_trunc_int(t3x / s0), 0, res[a0] - 1)
-        le = np.clip(_trunc_int(t4x / s0), 0, res[a0] - 1)
+        ls = _bin(t3x / s0, res[a0] - 1)
+        le = _bin(t4x / s0, res[a0] - 1)
         tri_of_row = spanning[tri_of_row]
         row_of_col, local = _segments(le - ls)
         x_idx = ls[row_of_col] + local
