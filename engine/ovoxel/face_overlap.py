@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.ovoxel.gather import take
+
 F32 = np.float32
 F64 = np.float64
 SLACK = 1e-3  # voxels of margin on the candidate slab (float32 rounding is ~1e-4 at 2048^3)
@@ -98,13 +100,13 @@ def _columns(tri, n, lo, hi, vs, w):
     nu, nv = hi[:, u_ax] - lo_u, hi[:, v_ax] - lo_v
     nu[~np.isfinite(w_min + w_max + slope_u + slope_v)] = 0  # (zero normal)
     t, local = _segments(nu * nv)
-    nv_t = nv[t]
+    nv_t = take(nv, t)
     du = local // nv_t
-    u = lo_u[t] + du
-    v = lo_v[t] + (local - du * nv_t)
-    shift = slope_u[t] * u + slope_v[t] * v
-    lo_w = np.maximum(np.ceil(w_min[t] - shift), lo_w_box[t])  # float64 holding integers
-    hi_w = np.minimum(np.floor(w_max[t] - shift) + 1, hi[:, w][t])
+    u = take(lo_u, t) + du
+    v = take(lo_v, t) + (local - du * nv_t)
+    shift = take(slope_u, t) * u + take(slope_v, t) * v
+    lo_w = np.maximum(np.ceil(take(w_min, t) - shift), take(lo_w_box, t))  # float64 holding integers
+    hi_w = np.minimum(np.floor(take(w_max, t) - shift) + 1, take(hi[:, w], t))
     return t, u, v, lo_w.astype(np.int32), np.maximum(hi_w - lo_w, 0).astype(np.int32)
 
 
@@ -139,25 +141,25 @@ def overlapping_voxels(tri, n, lo_corner, hi_corner, vs, res, stride):
             if part.size == 0:
                 continue
             t, u, v, lo_w, count = _columns(tri[part], n[part], lo[part], hi[part], vs, w)
-            t = part[t]
+            t = take(part, t)
             p_u = u.astype(F32) * vs[(w + 1) % 3]
             p_v = v.astype(F32) * vs[(w + 2) % 3]
             ok = count > 0
             for _, _, na, nb, d in uv_edges:
-                ok &= ~((np.take(na, t) * p_u + np.take(nb, t) * p_v) + np.take(d, t) < 0)
+                ok &= ~((take(na, t) * p_u + take(nb, t) * p_v) + take(d, t) < 0)
             # surviving columns, most candidates first: the j-th candidates form a prefix
             keep = np.flatnonzero(ok)
             keep = keep[_descending(count[keep])]
-            t, p_u, p_v, lo_w, count = t[keep], p_u[keep], p_v[keep], lo_w[keep], count[keep]
+            t, p_u, p_v, lo_w, count = (take(x, keep) for x in (t, p_u, p_v, lo_w, count))
             p_col = {(w + 1) % 3: p_u, (w + 2) % 3: p_v}
             key_col = u[keep].astype(np.int64) * stride[(w + 1) % 3] + v[keep].astype(np.int64) * stride[(w + 2) % 3]
             tests = []
             for a, b, na, nb, d in w_edges:  # (na p_a + nb p_b) + d: the non-w product is per column
                 other, coef_w = (b, na) if a == w else (a, nb)
-                own = (np.take(nb, t) if a == w else np.take(na, t)) * p_col[other]
-                tests.append((own, np.take(coef_w, t), np.take(d, t)))
+                own = (take(nb, t) if a == w else take(na, t)) * p_col[other]
+                tests.append((own, take(coef_w, t), take(d, t)))
             plane = _PlaneTest(n, t, p_col, w)
-            d1_t, d2_t = np.take(d1, t), np.take(d2, t)
+            d1_t, d2_t = take(d1, t), take(d2, t)
             alive = np.searchsorted(-count, -np.arange(1, int(count.max(initial=0)) + 1), side="right")
             for j, m in enumerate(alive):
                 w_idx = lo_w[:m] + j
@@ -179,8 +181,8 @@ class _PlaneTest:
 
     def __init__(self, n: np.ndarray, t: np.ndarray, p_col: dict, w: int):
         self.w = w
-        self.n_w = np.take(n[:, w], t)
-        self.terms = {a: np.take(n[:, a], t) * p for a, p in p_col.items()}  # n_a p_a per column
+        self.n_w = take(n[:, w], t)
+        self.terms = {a: take(n[:, a], t) * p for a, p in p_col.items()}  # n_a p_a per column
         if w == 0:
             self.inner = self.terms[1] + self.terms[2]
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engine.ovoxel.face_overlap import face_contributions
+from engine.ovoxel.gather import take
 from engine.ovoxel.qef import free_minimisers, inside_boxes, solve_on_box_surfaces
 
 F32 = np.float32
@@ -134,14 +135,14 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         sx, sy, sz = ([c.astype(F64) for c in axis] for axis in (sx, sy, sz))
         ybin = [_bin(c / s1, res[a1] - 1) for c in sy]  # start, mid, end
         tri_of_row, local = _segments(ybin[2] - ybin[0])
-        y_idx = ybin[0][tri_of_row] + local
-        first_half = y_idx < ybin[1][tri_of_row]
+        y_idx = take(ybin[0], tri_of_row) + local
+        first_half = y_idx < take(ybin[1], tri_of_row)
         # the row's corners: a (shared by both edges) is the first corner in the first half, the last in
         # the second; b is the middle one; c the remaining end
-        ends = [(c[0][tri_of_row], c[2][tri_of_row]) for c in (sx, sy, sz)]
+        ends = [(take(c[0], tri_of_row), take(c[2], tri_of_row)) for c in (sx, sy, sz)]
         ax, ay, az = (np.where(first_half, lo, hi) for lo, hi in ends)
         cx, cy, cz = (np.where(first_half, hi, lo) for lo, hi in ends)
-        bx, by, bz = sx[1][tri_of_row], sy[1][tri_of_row], sz[1][tri_of_row]
+        bx, by, bz = take(sx[1], tri_of_row), take(sy[1], tri_of_row), take(sz[1], tri_of_row)
         y = (F32(1) * (y_idx + 1).astype(F32) * F32(voxel_size[a1])).astype(F64)
         t3x, t3z = _lerp(ay, by, y, ax, bx), _lerp(ay, by, y, az, bz)
         t4x, t4z = _lerp(ay, cy, y, ax, cx), _lerp(ay, cy, y, az, cz)
@@ -150,19 +151,19 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         t3z, t4z = np.where(swap, t4z, t3z), np.where(swap, t3z, t4z)
         ls = _bin(t3x / s0, res[a0] - 1)
         le = _bin(t4x / s0, res[a0] - 1)
-        tri_of_row = spanning[tri_of_row]
+        tri_of_row = take(spanning, tri_of_row)
         row_of_col, local = _segments(le - ls)
-        x_idx = ls[row_of_col] + local
+        x_idx = take(ls, row_of_col) + local
         x = ((x_idx + 1).astype(F32) * F32(voxel_size[a0])).astype(F64)
-        z = _lerp(t3x[row_of_col], t4x[row_of_col], x, t3z[row_of_col], t4z[row_of_col])
+        z = _lerp(take(t3x, row_of_col), take(t4x, row_of_col), x, take(t3z, row_of_col), take(t4z, row_of_col))
         z_idx = _trunc_int(z / s2)
         keep = (z_idx >= 0) & (z_idx < res[a2])
         rows = row_of_col[keep]
         base = np.empty((rows.shape[0], 3), dtype=np.int64)
-        base[:, a0], base[:, a1], base[:, a2] = x_idx[keep], y_idx[rows], z_idx[keep]
+        base[:, a0], base[:, a1], base[:, a2] = x_idx[keep], take(y_idx, rows), z_idx[keep]
         point = np.empty((rows.shape[0], 3), dtype=F32)
-        point[:, a0], point[:, a1], point[:, a2] = x[keep], y[rows], z[keep]
-        out.append((np.full(rows.shape[0], a2, dtype=np.int8), base, point, tri_of_row[rows]))
+        point[:, a0], point[:, a1], point[:, a2] = x[keep], take(y, rows), z[keep]
+        out.append((np.full(rows.shape[0], a2, dtype=np.int8), base, point, take(tri_of_row, rows)))
     return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
 
 
