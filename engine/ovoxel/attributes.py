@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engine.errors import EngineInputError
+from engine.ovoxel.gather import take
 
 F32 = np.float32
 ALPHA_MODES = ("OPAQUE", "MASK", "BLEND")
@@ -178,7 +179,7 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
     if tri_uv is None:
         tri_uv = np.zeros((n_faces, 3, 2), dtype=F32)
     tri_col = _per_corner(textured.vertex_colors, faces, verts.shape[0], (3, 4), "vertex_colors")
-    tri = verts[faces]
+    tri = np.take(verts, faces, axis=0)
 
     n_vox = coords.shape[0]
     pair_tri, pair_vox = pairs
@@ -186,8 +187,9 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
     used = pair_tri[np.concatenate([[True], pair_tri[1:] != pair_tri[:-1]])] if pair_tri.size else pair_tri
     slot = np.zeros(n_faces, dtype=np.int64)
     slot[used] = np.arange(used.size)
-    maps = _surface_maps(tri[used], tri_uv[used])  # [U, 5, 4]
-    footprint = _footprints(tri[used], tri_uv[used], vs)  # [U]
+    tri_used, uv_used = np.take(tri, used, axis=0), np.take(tri_uv, used, axis=0)
+    maps = _surface_maps(tri_used, uv_used)  # [U, 5, 4]
+    footprint = _footprints(tri_used, uv_used, vs)  # [U]
     textures = {}
     for i, m in enumerate(mats):
         if m.base_color_texture is not None:
@@ -199,14 +201,14 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
     for start in range(0, pair_tri.size, PAIR_CHUNK):
         t = pair_tri[start : start + PAIR_CHUNK]
         v = pair_vox[start : start + PAIR_CHUNK]
-        u = slot[t]  # the triangle's row among the used ones
+        u = take(slot, t)  # the triangle's row among the used ones
         centre = (np.take(coords, v, axis=0).astype(F32) + F32(0.5)) * vs  # [P, 3]
         m = np.take(maps, u, axis=0)  # [P, 5, 4]
         values = np.empty((7, t.size), dtype=F32)  # channel-major: every row is contiguous
         values[6] = 1 - _apply(m[:, 0], centre)  # the weight: 1 - signed distance to the triangle's plane
         uv = np.stack([_apply(m[:, 1], centre), _apply(m[:, 2], centre)], axis=1)
         if len(mats) == 1:
-            _shade(mats[0], textures, 0, uv, footprint[u], values)
+            _shade(mats[0], textures, 0, uv, take(footprint, u), values)
         else:
             mid = fmat[t]
             for i, mat in enumerate(mats):

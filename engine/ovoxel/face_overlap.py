@@ -132,7 +132,7 @@ def overlapping_voxels(tri, n, lo_corner, hi_corner, vs, res, stride):
     keys, tris = [], []
     for w in range(3):
         group = np.flatnonzero(dominant == w)
-        ext = hi[group] - lo[group]
+        ext = np.take(hi, group, axis=0) - np.take(lo, group, axis=0)
         columns = np.cumsum(ext[:, (w + 1) % 3] * ext[:, (w + 2) % 3])
         cuts = np.searchsorted(columns, np.arange(COLUMN_BLOCK, columns[-1] if columns.size else 0, COLUMN_BLOCK))
         uv_edges = [e for e in edges if w not in e[:2]]  # the projection onto (u, v): a = u, b = v
@@ -140,7 +140,7 @@ def overlapping_voxels(tri, n, lo_corner, hi_corner, vs, res, stride):
         for part in np.split(group, cuts):
             if part.size == 0:
                 continue
-            t, u, v, lo_w, count = _columns(tri[part], n[part], lo[part], hi[part], vs, w)
+            t, u, v, lo_w, count = _columns(*(np.take(x, part, axis=0) for x in (tri, n, lo, hi)), vs, w)
             t = take(part, t)
             p_u = u.astype(F32) * vs[(w + 1) % 3]
             p_v = v.astype(F32) * vs[(w + 2) % 3]

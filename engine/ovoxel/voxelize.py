@@ -129,7 +129,7 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         x_lo = _bin(lo_corner[:, a0] / s0 - 1e-6, res[a0] - 1)
         x_hi = _bin(hi_corner[:, a0] / s0 + 1e-6, res[a0] - 1)
         spanning = np.flatnonzero((y_hi > y_lo) & (x_hi > x_lo))
-        p = tri[spanning]
+        p = np.take(tri, spanning, axis=0)  # (np.take: fancy row indexing is several times slower)
         # sorted in float32 (a permutation: widening afterwards gives the same doubles)
         sx, sy, sz = _sorted_by_y(*([p[:, i, axis] for i in range(3)] for axis in (a0, a1, a2)))
         sx, sy, sz = ([c.astype(F64) for c in axis] for axis in (sx, sy, sz))
@@ -270,7 +270,7 @@ def sequential_sums(n: int, table: np.ndarray, stages: list[tuple[np.ndarray, np
     before = np.zeros(n, dtype=np.int64)
     for (row, src), count in zip(stages, counts, strict=True):
         k = np.repeat(before - (np.cumsum(count) - count), count) + np.arange(row.size)  # index within its row
-        slot_src[offsets[k] + np.repeat(rank, count)] = src
+        slot_src[take(offsets, k) + np.repeat(rank, count)] = src
         before += count
     layout = np.take(table, slot_src, axis=0)  # [K, C]
     ranked = np.zeros((n, table.shape[1]), dtype=F32)
@@ -367,7 +367,7 @@ def mesh_to_flexible_dual_grid(
     vs = ((box[1] - box[0]) / np.asarray(res, dtype=np.int32)).astype(F32)
     verts = (np.asarray(vertices, dtype=F32) - box[0]).astype(F32)
     faces = np.asarray(faces, dtype=np.int64)
-    tri = verts[faces]  # [F, 3, 3]
+    tri = np.take(verts, faces, axis=0)  # [F, 3, 3]
     normals, plane_q = triangle_planes(tri)
     stride = np.array([res[1] * res[2], res[2], 1], dtype=np.int64)
 
@@ -375,7 +375,7 @@ def mesh_to_flexible_dual_grid(
     corners = corner_bounds(tri)
     axis, base, point, tri_id = edge_crossings(tri, vs, res, corners)
     order = np.argsort(tri_id, kind="stable")
-    axis, base, point, tri_id = axis[order], base[order], point[order], tri_id[order]
+    axis, base, point, tri_id = (np.take(x, order, axis=0) for x in (axis, base, point, tri_id))
     a0, a1 = (axis + 1) % 3, (axis + 2) % 3
     base_key = flat_keys(base, stride)
     corner_keys = np.stack(
@@ -385,7 +385,7 @@ def mesh_to_flexible_dual_grid(
         empty = (np.zeros((0, 3), np.int32), np.zeros((0, 3), F32), np.zeros((0, 3), bool))
         return (*empty, (np.zeros(0, np.int64), np.zeros(0, np.int64))) if return_pairs else empty
     grouped = _group(corner_keys)
-    sorted_keys = corner_keys[grouped]
+    sorted_keys = take(corner_keys, grouped)
     first = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
     keys = sorted_keys[first]
     n_vox = keys.shape[0]
@@ -411,13 +411,13 @@ def mesh_to_flexible_dual_grid(
         inside = ((cell >= 0) & (cell < np.asarray(res))).all(axis=1)
         seg, cell = seg[inside], cell[inside]
         order = np.argsort(seg, kind="stable")
-        rows = _lookup(keys, flat_keys(cell[order], stride))
+        rows = _lookup(keys, flat_keys(np.take(cell, order, axis=0), stride))
         hit = rows >= 0
         line_vox, line_src = rows[hit], seg[order][hit] + plane_q.shape[0]
 
     table = np.concatenate([plane_q, line_q])
     order = _group(line_vox)
-    stages = [(stage1[0], tri_id[grouped // 4]), face_stage, (line_vox[order], line_src[order])]
+    stages = [(stage1[0], take(tri_id, grouped // 4)), face_stage, (take(line_vox, order), take(line_src, order))]
     dual = _dual_vertices(coords, vs, (point, (stage1[0], grouped // 4)), (table, stages), regularization_weight)
     if return_pairs:
         return coords.astype(np.int32), dual, flags, unique_pairs(np.repeat(tri_id, 4), cross_vox, n_vox)
