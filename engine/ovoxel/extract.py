@@ -54,7 +54,7 @@ def lookup_sorted(sorted_keys: torch.Tensor, queries: torch.Tensor) -> torch.Ten
     if sorted_keys.numel() == 0:
         return torch.full_like(queries, -1)
     pos_c = search_sorted(sorted_keys, queries).clamp_max(sorted_keys.numel() - 1)
-    return torch.where(sorted_keys[pos_c] == queries, pos_c, -1)
+    return torch.where(sorted_keys.index_select(0, pos_c) == queries, pos_c, -1)
 
 
 def _check_inputs(coords, offsets, flags, split_weight, shape) -> None:

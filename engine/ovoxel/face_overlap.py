@@ -39,7 +39,7 @@ def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For counts per owner: (owner of each expanded item, index of the item within its owner)."""
     owner = np.repeat(np.arange(counts.shape[0], dtype=np.int32), counts)  # int32: half the memory traffic
     starts = (np.cumsum(counts) - counts).astype(np.int32)
-    return owner, np.arange(owner.shape[0], dtype=np.int32) - starts[owner]
+    return owner, np.arange(owner.shape[0], dtype=np.int32) - take(starts, owner)
 
 
 class _EdgeTests:
@@ -207,5 +207,5 @@ def face_contributions(tri, n, lo_corner, hi_corner, vs, res, stride, voxel_keys
     key, t = pair // n_tri, pair % n_tri
     pos = np.searchsorted(voxel_keys, key)  # sorted queries: a cache-friendly search
     pos_c = np.minimum(pos, voxel_keys.shape[0] - 1)
-    hit = voxel_keys[pos_c] == key
+    hit = take(voxel_keys, pos_c) == key
     return pos_c[hit], t[hit]

@@ -56,7 +56,7 @@ def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For counts per owner: (owner of each expanded item, index of the item within its owner)."""
     owner = np.repeat(np.arange(counts.shape[0]), counts)
     starts = np.cumsum(counts) - counts
-    local = np.arange(owner.shape[0]) - starts[owner]
+    local = np.arange(owner.shape[0]) - take(starts, owner)
     return owner, local
 
 
@@ -342,7 +342,7 @@ def unique_pairs(tri: np.ndarray, vox: np.ndarray, n_vox: int) -> tuple[np.ndarr
 def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_keys, keys)
     pos_c = np.minimum(pos, sorted_keys.shape[0] - 1)
-    return np.where(sorted_keys[pos_c] == keys, pos_c, -1)
+    return np.where(take(sorted_keys, pos_c) == keys, pos_c, -1)
 
 
 def mesh_to_flexible_dual_grid(
