@@ -188,7 +188,8 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
     slot = np.zeros(n_faces, dtype=np.int64)
     slot[used] = np.arange(used.size)
     tri_used, uv_used = np.take(tri, used, axis=0), np.take(tri_uv, used, axis=0)
-    maps = _surface_maps(tri_used, uv_used)  # [U, 5, 4]
+    maps = _surface_maps(tri_used, uv_used)  # [5, 4, U]
+    coord_columns = [np.ascontiguousarray(coords[:, k]) for k in range(3)]
     footprint = _footprints(tri_used, uv_used, vs)  # [U]
     textures = {}
     for i, m in enumerate(mats):
@@ -202,11 +203,10 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
         t = pair_tri[start : start + PAIR_CHUNK]
         v = pair_vox[start : start + PAIR_CHUNK]
         u = take(slot, t)  # the triangle's row among the used ones
-        centre = (np.take(coords, v, axis=0).astype(F32) + F32(0.5)) * vs  # [P, 3]
-        m = np.take(maps, u, axis=0)  # [P, 5, 4]
+        centre = [(take(coord_columns[k], v).astype(F32) + F32(0.5)) * vs[k] for k in range(3)]  # voxel centres
         values = np.empty((7, t.size), dtype=F32)  # channel-major: every row is contiguous
-        values[6] = 1 - _apply(m[:, 0], centre)  # the weight: 1 - signed distance to the triangle's plane
-        uv = np.stack([_apply(m[:, 1], centre), _apply(m[:, 2], centre)], axis=1)
+        values[6] = 1 - _apply(maps[0], u, centre)  # the weight: 1 - signed distance to the triangle's plane
+        uv = np.stack([_apply(maps[1], u, centre), _apply(maps[2], u, centre)], axis=1)
         if len(mats) == 1:
             _shade(mats[0], textures, 0, uv, take(footprint, u), values)
         else:
@@ -218,7 +218,7 @@ def voxel_attributes(vertices, faces, textured: TexturedMesh, coords: np.ndarray
                     _shade(mat, textures, i, uv[sel], footprint[u[sel]], part)
                     values[:6, sel] = part[:6]
         if tri_col is not None:
-            b1, b2 = _apply(m[:, 3], centre), _apply(m[:, 4], centre)
+            b1, b2 = _apply(maps[3], u, centre), _apply(maps[4], u, centre)
             corners = np.take(tri_col, t, axis=0)  # [P, 3, C]
             for c in range(3) if corners.shape[2] == 3 else (0, 1, 2, 3):
                 weighted = (1 - b1 - b2) * corners[:, 0, c] + b1 * corners[:, 1, c] + b2 * corners[:, 2, c]
@@ -238,13 +238,14 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2]
 
 
-def _apply(c: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """[P]: the affine functions c [P, 4] (see `_surface_maps`) at the points p [P, 3]."""
-    return c[:, 3] + (p[:, 0] * c[:, 0] + p[:, 1] * c[:, 1] + p[:, 2] * c[:, 2])
+def _apply(c: np.ndarray, rows: np.ndarray, p: list[np.ndarray]) -> np.ndarray:
+    """[P]: the affine function c [4, U] (see `_surface_maps`) of triangle rows[i] at the point p[:][i]
+    (p: the x, y, z coordinate arrays [P])."""
+    return take(c[3], rows) + (p[0] * take(c[0], rows) + p[1] * take(c[1], rows) + p[2] * take(c[2], rows))
 
 
 def _surface_maps(tri: np.ndarray, tri_uv: np.ndarray) -> np.ndarray:
-    """float32 [F, 5, 4]: per triangle, five affine functions f(p) = c . p + c0 of a point p, stored as
+    """float32 [5, 4, F]: per triangle, five affine functions f(p) = c . p + c0 of a point p, stored as
     (c, c0): the signed distance to the triangle's plane, u and v at p's projection onto the plane, and
     that projection's (unclamped) barycentric weights of corners 1 and 2. Built once per triangle (float64,
     column by column), so each (triangle, voxel) pair costs three multiply-adds per value."""
@@ -275,7 +276,7 @@ def _surface_maps(tri: np.ndarray, tri_uv: np.ndarray) -> np.ndarray:
     entries = []
     for g, value in zip(grads, values_at_a, strict=True):
         entries += [*g, value - dot(a, g)]
-    return np.stack(entries, axis=1).astype(F32).reshape(-1, 5, 4)  # one transposing copy
+    return np.stack(entries).astype(F32).reshape(5, 4, -1)
 
 
 def _shade(m: Material, textures: dict, i: int, uv: np.ndarray, footprint: np.ndarray, out: np.ndarray) -> None:
