@@ -1,4 +1,5 @@
-"""The O-Voxel representation: mesh <-> O-Voxel, PBR attribute volumes, attribute lookup (spec section 5).
+"""The O-Voxel representation: mesh <-> O-Voxel, PBR attribute volumes, attribute lookup, and files
+(.npz, or the official .vxz container), spec section 5.
 
 numpy/torch only. `flexible_dual_grid_to_mesh` (torch, any device) is also what the shape decoder uses.
 """

@@ -1,10 +1,12 @@
 """Triangle soup -> flexible dual grid geometry, as the official CPU converter computes it (spec 5.3).
 
-Four stages, each vectorised over all triangles (numpy; scatter-adds through torch):
+Four stages, each vectorised over all triangles (numpy; sorts, scatter-adds and 1-D gathers through torch
+where it is faster on one thread):
 1. edge crossings: a scan line per axis finds every primal grid edge a triangle crosses; the crossing
    creates the 4 voxels around that edge, flags the one whose upper-corner edge it is, and adds the
    crossing point and the triangle's plane quadric to all four;
-2. face quadrics: every existing voxel whose box the triangle touches gets the plane quadric again;
+2. face quadrics: every existing voxel whose box the triangle touches gets the plane quadric again
+   (`engine.ovoxel.face_overlap`);
 3. boundary quadrics: every existing voxel that an open edge passes through gets a line quadric;
 4. a regularised QEF solve per voxel, clamped to the voxel box by enumerating faces, edges, corners.
 
