@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from engine.errors import EngineInputError
-from engine.ovoxel.gather import take
+from engine.ovoxel.arrays import take
 
 F32 = np.float32
 ALPHA_MODES = ("OPAQUE", "MASK", "BLEND")

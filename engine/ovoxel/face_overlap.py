@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.ovoxel.gather import take
+from engine.ovoxel.arrays import descending, dot3, segments, take
 
 F32 = np.float32
 F64 = np.float64
@@ -28,18 +28,6 @@ COLUMN_BLOCK = 1 << 20  # columns per vectorised block (bounds the temporaries)
 # The edge-normal tests of the official overlap test: (the two axes of the projection, the normal axis
 # whose sign orients the edge normals).
 PROJECTIONS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))
-
-
-def _trunc_int(x: np.ndarray) -> np.ndarray:
-    """C++ int(): truncation toward zero (saturated instead of undefined out of range)."""
-    return np.trunc(np.clip(x, -(2.0**31), 2.0**31 - 1)).astype(np.int64)
-
-
-def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For counts per owner: (owner of each expanded item, index of the item within its owner)."""
-    owner = np.repeat(np.arange(counts.shape[0], dtype=np.int32), counts)  # int32: half the memory traffic
-    starts = (np.cumsum(counts) - counts).astype(np.int32)
-    return owner, np.arange(owner.shape[0], dtype=np.int32) - take(starts, owner)
 
 
 class _EdgeTests:
@@ -63,12 +51,7 @@ def _plane_bounds(tri: np.ndarray, n: np.ndarray, vs: np.ndarray) -> tuple[np.nd
     furthest along +n and -n lie on both sides)."""
     c = np.where(n > 0, vs[None, :], F32(0))
     w1, w2 = c - tri[:, 0], (vs[None, :] - c) - tri[:, 0]
-    return _dot3(n, w1), _dot3(n, w2)
-
-
-def _dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Eigen's unrolled 3-term order: a0 b0 + (a1 b1 + a2 b2)."""
-    return a[:, 0] * b[:, 0] + (a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2])
+    return dot3(n, w1), dot3(n, w2)
 
 
 def _bounding_boxes(lo_corner, hi_corner, vs, res):
@@ -99,7 +82,7 @@ def _columns(tri, n, lo, hi, vs, w):
     lo_u, lo_v, lo_w_box = (np.ascontiguousarray(lo[:, k]) for k in (u_ax, v_ax, w))
     nu, nv = hi[:, u_ax] - lo_u, hi[:, v_ax] - lo_v
     nu[~np.isfinite(w_min + w_max + slope_u + slope_v)] = 0  # (zero normal)
-    t, local = _segments(nu * nv)
+    t, local = segments(nu * nv, np.int32)  # int32: half the memory traffic
     nv_t = take(nv, t)
     du = local // nv_t
     u = take(lo_u, t) + du
@@ -108,17 +91,6 @@ def _columns(tri, n, lo, hi, vs, w):
     lo_w = np.maximum(np.ceil(take(w_min, t) - shift), take(lo_w_box, t))  # float64 holding integers
     hi_w = np.minimum(np.floor(take(w_max, t) - shift) + 1, take(hi[:, w], t))
     return t, u, v, lo_w.astype(np.int32), np.maximum(hi_w - lo_w, 0).astype(np.int32)
-
-
-def _descending(count: np.ndarray) -> np.ndarray:
-    """Stable permutation ordering non-negative counts from the largest (a radix sort on narrow keys)."""
-    top = int(count.max(initial=0))
-    key = top - count
-    for dtype in (np.uint8, np.uint16):
-        if top <= np.iinfo(dtype).max:
-            key = key.astype(dtype)
-            break
-    return np.argsort(key, kind="stable")
 
 
 def overlapping_voxels(tri, n, lo_corner, hi_corner, vs, res, stride):
@@ -149,7 +121,7 @@ def overlapping_voxels(tri, n, lo_corner, hi_corner, vs, res, stride):
                 ok &= ~((take(na, t) * p_u + take(nb, t) * p_v) + take(d, t) < 0)
             # surviving columns, most candidates first: the j-th candidates form a prefix
             keep = np.flatnonzero(ok)
-            keep = keep[_descending(count[keep])]
+            keep = keep[descending(count[keep])]
             t, p_u, p_v, lo_w, count = (take(x, keep) for x in (t, p_u, p_v, lo_w, count))
             p_col = {(w + 1) % 3: p_u, (w + 2) % 3: p_v}
             key_col = u[keep].astype(np.int64) * stride[(w + 1) % 3] + v[keep].astype(np.int64) * stride[(w + 2) % 3]

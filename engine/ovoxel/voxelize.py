@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.ovoxel.arrays import descending, dot3, segments, take
 from engine.ovoxel.face_overlap import face_contributions
-from engine.ovoxel.gather import take
 from engine.ovoxel.qef import free_minimisers, inside_boxes, solve_on_box_surfaces
 
 F32 = np.float32
@@ -52,19 +52,6 @@ def _lerp(a, b, t, va, vb):
     in the scan: a row or column exists only between two different bins, so a != b there."""
     alpha = (t - a) / (b - a)
     return (1 - alpha) * va + alpha * vb
-
-
-def _segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For counts per owner: (owner of each expanded item, index of the item within its owner)."""
-    owner = np.repeat(np.arange(counts.shape[0]), counts)
-    starts = np.cumsum(counts) - counts
-    local = np.arange(owner.shape[0]) - take(starts, owner)
-    return owner, local
-
-
-def dot3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Eigen's unrolled 3-term sum order: a0 b0 + (a1 b1 + a2 b2) (matters for bitwise float32 parity)."""
-    return a[:, 0] * b[:, 0] + (a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2])
 
 
 def triangle_planes(tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +123,7 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         sx, sy, sz = _sorted_by_y(*([p[:, i, axis] for i in range(3)] for axis in (a0, a1, a2)))
         sx, sy, sz = ([c.astype(F64) for c in axis] for axis in (sx, sy, sz))
         ybin = [_bin(c / s1, res[a1] - 1) for c in sy]  # start, mid, end
-        tri_of_row, local = _segments(ybin[2] - ybin[0])
+        tri_of_row, local = segments(ybin[2] - ybin[0])
         y_idx = take(ybin[0], tri_of_row) + local
         first_half = y_idx < take(ybin[1], tri_of_row)
         # the row's corners: a (shared by both edges) is the first corner in the first half, the last in
@@ -154,7 +141,7 @@ def edge_crossings(tri: np.ndarray, voxel_size: np.ndarray, res: tuple[int, int,
         ls = _bin(t3x / s0, res[a0] - 1)
         le = _bin(t4x / s0, res[a0] - 1)
         tri_of_row = take(spanning, tri_of_row)
-        row_of_col, local = _segments(le - ls)
+        row_of_col, local = segments(le - ls)
         x_idx = take(ls, row_of_col) + local
         x = ((x_idx + 1).astype(F32) * F32(voxel_size[a0])).astype(F64)
         z = _lerp(take(t3x, row_of_col), take(t4x, row_of_col), x, take(t3z, row_of_col), take(t4z, row_of_col))
@@ -240,14 +227,6 @@ def _group(index: np.ndarray) -> np.ndarray:
     return torch.sort(key, stable=True).indices.numpy()
 
 
-def _narrow_uint(values: np.ndarray, top: int) -> np.ndarray:
-    """`values` (all in [0, top]) in the narrowest unsigned dtype: numpy's stable argsort radix-sorts those."""
-    for dtype in (np.uint8, np.uint16):
-        if top <= np.iinfo(dtype).max:
-            return values.astype(dtype)
-    return values
-
-
 def sequential_sums(n: int, table: np.ndarray, stages: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """float32 [n, C]: per target row, the rows `table[src]` of its contributions added one at a time,
     stage after stage, in the order given (the official accumulates float32 sums in discovery order,
@@ -263,7 +242,7 @@ def sequential_sums(n: int, table: np.ndarray, stages: list[tuple[np.ndarray, np
     top = int(total.max()) if n else 0
     if top == 0:
         return np.zeros((n, table.shape[1]), dtype=F32)
-    by_count = np.argsort(_narrow_uint(top - total, top), kind="stable")  # rank -> row, most contributions first
+    by_count = descending(total)  # rank -> row, most contributions first
     rank = np.empty(n, dtype=np.int64)
     rank[by_count] = np.arange(n)
     alive = n - np.cumsum(np.bincount(total, minlength=top))[:top]  # [top]: rows with more than k contributions
