@@ -38,3 +38,9 @@ def descending(count: np.ndarray) -> np.ndarray:
         if top <= np.iinfo(dtype).max:
             return np.argsort(key.astype(dtype), kind="stable")
     return np.argsort(key, kind="stable")
+
+
+def lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row of each key in the ascending `sorted_keys`, -1 where absent."""
+    pos_c = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.shape[0] - 1)
+    return np.where(take(sorted_keys, pos_c) == keys, pos_c, -1)

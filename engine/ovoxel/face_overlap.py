@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.ovoxel.arrays import descending, dot3, segments, take
+from engine.ovoxel.arrays import descending, dot3, lookup, segments, take
 
 F32 = np.float32
 F64 = np.float64
@@ -177,7 +177,6 @@ def face_contributions(tri, n, lo_corner, hi_corner, vs, res, stride, voxel_keys
     # timsort merges faster than a general sort
     pair = np.sort(key * n_tri + t, kind="stable")
     key, t = pair // n_tri, pair % n_tri
-    pos = np.searchsorted(voxel_keys, key)  # sorted queries: a cache-friendly search
-    pos_c = np.minimum(pos, voxel_keys.shape[0] - 1)
-    hit = take(voxel_keys, pos_c) == key
-    return pos_c[hit], t[hit]
+    rows = lookup(voxel_keys, key)  # sorted queries: a cache-friendly search
+    hit = rows >= 0
+    return rows[hit], t[hit]

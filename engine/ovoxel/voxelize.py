@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.ovoxel.arrays import descending, dot3, segments, take
+from engine.ovoxel.arrays import descending, dot3, lookup, segments, take
 from engine.ovoxel.face_overlap import face_contributions
 from engine.ovoxel.qef import free_minimisers, inside_boxes, solve_on_box_surfaces
 
@@ -320,12 +320,6 @@ def unique_pairs(tri: np.ndarray, vox: np.ndarray, n_vox: int) -> tuple[np.ndarr
     return key // n_vox, key % n_vox
 
 
-def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    pos = np.searchsorted(sorted_keys, keys)
-    pos_c = np.minimum(pos, sorted_keys.shape[0] - 1)
-    return np.where(take(sorted_keys, pos_c) == keys, pos_c, -1)
-
-
 def mesh_to_flexible_dual_grid(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -392,7 +386,7 @@ def mesh_to_flexible_dual_grid(
         inside = ((cell >= 0) & (cell < np.asarray(res))).all(axis=1)
         seg, cell = seg[inside], cell[inside]
         order = np.argsort(seg, kind="stable")
-        rows = _lookup(keys, flat_keys(np.take(cell, order, axis=0), stride))
+        rows = lookup(keys, flat_keys(np.take(cell, order, axis=0), stride))
         hit = rows >= 0
         line_vox, line_src = rows[hit], seg[order][hit] + plane_q.shape[0]
 
