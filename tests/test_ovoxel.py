@@ -34,17 +34,18 @@ def round_trip(vertices, faces, resolution=RES):
 
 
 @functools.cache
-def shape_round_trip(name):
+def shape_round_trip(name, resolution=RES):
     v, f = SHAPES[name]()
-    return v, f, *round_trip(v, f)
+    return v, f, *round_trip(v, f, resolution)
 
 
+@pytest.mark.parametrize("resolution", [RES, 2 * RES])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_round_trip_quality(name):
-    v, f, vox, mesh = shape_round_trip(name)
+def test_round_trip_quality(name, resolution):
+    v, f, vox, mesh = shape_round_trip(name, resolution)
     assert mesh.vertices.dtype == np.float32 and mesh.faces.dtype == np.int64
     assert mesh.vertices.shape[0] == vox.num_voxels and mesh.faces.shape[0] > 0
-    q = reconstruction_metrics(v, f, mesh.vertices, mesh.faces, RES, samples_per_voxel2=5.0, queries=8000)
+    q = reconstruction_metrics(v, f, mesh.vertices, mesh.faces, resolution, samples_per_voxel2=5.0, queries=8000)
     assert q["f_score@1.0"] >= 0.99, q
     assert q["f_score@0.5"] >= 0.95, q
     assert q["chamfer_l1"] <= 0.4, q
